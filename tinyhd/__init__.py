@@ -19,7 +19,6 @@ _LAZY = {
     "load_official_checkpoint": "tinyhd.checkpoints",
     "save_checkpoint": "tinyhd.checkpoints",
     "load_checkpoint": "tinyhd.checkpoints",
-    "preprocess": "tinyhd.preprocess",
     "count_complexity": "tinyhd.complexity",
     # teacher (issue 5)
     "HD2S": "tinyhd.teacher",
@@ -36,7 +35,11 @@ _SUBMODULES = {
     "metrics", "inference", "evaluate", "training", "cli",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+# `tinyhd.preprocess` is both a module and the function it defines; bind the function eagerly (the module
+# imports torch lazily, so this stays cheap) so that the name never resolves to the module.
+from tinyhd.preprocess import preprocess  # noqa: E402
+
+__all__ = sorted(_LAZY) + ["preprocess", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

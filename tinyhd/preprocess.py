@@ -7,10 +7,11 @@ torchvision 0.14 the authors used). No crop, no flip. On the fixture clip this i
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch is imported inside the functions so that `import tinyhd` stays light
+    import numpy as np
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,6 +23,8 @@ def preprocess(frames: np.ndarray | torch.Tensor, size: Sequence[int] | None = I
 
     ``size=None`` skips the resize. Grayscale input (T×H×W or T×H×W×1) is replicated to three channels.
     """
+    import numpy as np
+    import torch
     x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
     if x.ndim == 3:  # T×H×W grayscale
         x = x.unsqueeze(-1)

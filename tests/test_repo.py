@@ -1,0 +1,132 @@
+"""Repository-level checks: notebook pairing, environment pins, the command line's basic behaviour."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def _cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOK_SOURCES, "no notebooks/NN_*.py found"
+
+
+@pytest.mark.parametrize("py", NOTEBOOK_SOURCES, ids=lambda p: p.name)
+def test_notebook_is_paired_without_outputs(py: Path):
+    """Each jupytext py:percent source has a committed .ipynb with the same cells, no outputs, one parameters cell."""
+    import jupytext
+    import nbformat
+
+    text = py.read_text()
+    assert text.lstrip().startswith("# ---") and "format_name: percent" in text, f"{py.name}: not jupytext py:percent"
+    ipynb = py.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{py.name} has no paired {ipynb.name}: run `jupytext --to notebook {py}`"
+    committed = nbformat.read(ipynb, as_version=4)
+    expected = jupytext.read(py)
+    assert _cells(committed) == _cells(expected), (
+        f"{ipynb.name} differs from {py.name}: run `jupytext --to notebook {py}`"
+    )
+    for cell in committed.cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs"), f"{ipynb.name}: a code cell has outputs (strip them)"
+            assert cell.get("execution_count") is None, f"{ipynb.name}: a code cell has an execution count"
+    tagged = [c for c in committed.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{ipynb.name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        m = re.match(r"^\s*-?\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", line)
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def test_environment_yml_matches_requirements():
+    req = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert _pins(pip_section) == req
+    assert req["torch"] == "2.14.1" and req["torchvision"] == "0.29.1"
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinyhd", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_lists_commands_and_rejects_unknown():
+    out = _run_cli("--help")
+    assert out.returncode == 0
+    for name in ("predict", "verify-data", "evaluate", "train", "synth"):
+        assert name in out.stdout
+    bad = _run_cli("no-such-command")
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+def test_atomic_open_leaves_old_file_on_failure(tmp_path: Path):
+    from tinyhd.paths import atomic_open, atomic_write_text
+
+    target = tmp_path / "state.txt"
+    atomic_write_text(target, "complete")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "w") as fh:
+            fh.write("half-")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.txt"], "a temporary file was left behind"
+
+
+def test_atomic_directory_is_all_or_nothing(tmp_path: Path):
+    from tinyhd.paths import atomic_directory
+
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "ds") as tmp:
+            (tmp / "a.txt").write_text("x")
+            raise RuntimeError("interrupted")
+    assert not (tmp_path / "ds").exists() and not list(tmp_path.iterdir())
+    with atomic_directory(tmp_path / "ds") as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert (tmp_path / "ds" / "a.txt").read_text() == "x"
+
+
+def test_preprocess_matches_released_input(official_dir: Path):
+    """tinyhd.preprocess on the fixture video's first 16 frames is bit-exact with the authors' model input."""
+    import cv2
+    import numpy as np
+
+    import tinyhd
+
+    cap = cv2.VideoCapture(str(official_dir / "0068.AVI"))
+    frames = []
+    for _ in range(16):
+        ok, bgr = cap.read()
+        assert ok
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    clip = tinyhd.preprocess(np.stack(frames))  # 3×16×192×256
+    expected = np.load(official_dir / "clip0_model_input_f32.npy")
+    assert clip.shape == (3, 16, 192, 256)
+    assert np.array_equal(clip.numpy(), expected)
+
+
+def test_preprocess_rejects_float_and_wrong_layout():
+    import numpy as np
+
+    import tinyhd
+
+    with pytest.raises(ValueError, match="uint8"):
+        tinyhd.preprocess(np.zeros((16, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="T×H×W×3"):
+        tinyhd.preprocess(np.zeros((3, 16, 64, 64), np.uint8))
+    gray = tinyhd.preprocess(np.zeros((4, 64, 80), np.uint8), size=None)
+    assert gray.shape == (3, 4, 64, 80)
