@@ -93,12 +93,12 @@ def _cubic(x: np.ndarray) -> np.ndarray:
             + (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2)))
 
 
-def _resize_matrix(in_len: int, out_len: int) -> np.ndarray:
-    """out_len×in_len weight matrix of MATLAB's ``imresize`` along one axis (``contributions`` in imresize.m).
+def _resize_taps(in_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights (both out_len×taps) of MATLAB's ``imresize`` along one axis.
 
-    Output pixel x (1-based) samples input coordinate u = x/scale + (1 − 1/scale)/2; when shrinking the kernel
-    is stretched by 1/scale (antialiasing); weights are normalised to sum 1; indices outside the image are
-    mirrored (``[1:n, n:-1:1]``).
+    This is ``contributions`` in imresize.m: output pixel x (1-based) samples input coordinate
+    u = x/scale + (1 − 1/scale)/2; when shrinking the kernel is stretched by 1/scale (antialiasing); weights
+    are normalised to sum 1; indices outside the image are mirrored (``[1:n, n:-1:1]``).
     """
     scale = out_len / in_len
     if scale < 1:
@@ -118,8 +118,15 @@ def _resize_matrix(in_len: int, out_len: int) -> np.ndarray:
     w /= w.sum(axis=1, keepdims=True)
     aux = np.concatenate([np.arange(1, in_len + 1), np.arange(in_len, 0, -1)])
     src = aux[np.mod(idx.astype(np.int64) - 1, aux.size)] - 1  # 0-based, mirrored
+    keep = np.any(w != 0, axis=0)  # MATLAB drops all-zero weight columns
+    return np.ascontiguousarray(src[:, keep]), np.ascontiguousarray(w[:, keep])
+
+
+def _resize_matrix(in_len: int, out_len: int) -> np.ndarray:
+    """The taps of :func:`_resize_taps` as a dense out_len×in_len matrix (mirrored taps accumulate)."""
+    src, w = _resize_taps(in_len, out_len)
     mat = np.zeros((out_len, in_len), dtype=np.float64)
-    np.add.at(mat, (np.repeat(np.arange(out_len), taps), src.ravel()), w.ravel())
+    np.add.at(mat, (np.repeat(np.arange(out_len), src.shape[1]), src.ravel()), w.ravel())
     return mat
 
 
@@ -139,9 +146,10 @@ def _resize_matrix_cached(in_len: int, out_len: int) -> np.ndarray:
 def imresize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """MATLAB ``imresize(img, shape)`` for a 2-D double image: bicubic, antialiased when shrinking.
 
-    Separable: ``out = Wy @ img @ Wx.T`` with the per-axis matrices of :func:`_resize_matrix`. No clamping
-    (as MATLAB for doubles), so bicubic overshoot can produce values outside the input range.
-    H×W -> shape[0]×shape[1], float64.
+    Separable: ``out = Wy @ img @ Wx.T`` with the per-axis weight matrices of :func:`_resize_taps` (a dense
+    matmul is faster in NumPy than gathering the few taps; the order of the two passes only changes
+    rounding). No clamping (as MATLAB for doubles), so bicubic overshoot can produce values outside the input
+    range. H×W -> shape[0]×shape[1], float64.
     """
     a = np.asarray(img, dtype=np.float64)
     if a.ndim != 2:
