@@ -1,0 +1,518 @@
+"""HD2S (Bellitto et al., IJCV 2021), TinyHD's distillation teacher, and the teacher wrapper.
+
+HD2S ("Hierarchical Decoding for Dynamic Saliency") taps an S3D backbone at four depths (§3.2), removes the
+time axis of each tap with stride-2 temporal convolutions (§3.3), decodes each tap into a *conspicuity map*
+with a 2D conspicuity network, and fuses the four maps with a 1×1 convolution and a sigmoid (§3.4).
+It is trained with the multi-level KL loss of Eq. 1 on the final and the four conspicuity maps.
+
+Two extensions of the paper live here as well:
+
+* **Domain adaptation** (§3.5, :class:`HD2S_DA`): a gradient-reversal layer (:class:`GradientReversal`,
+  λ = 2/(1+e^(−10p)) − 1, Eq. 4) and a domain classifier on each of the four temporally-reduced features.
+* **Domain-specific learning** (§3.6, :class:`HD2S_DSL`): per-domain Gaussian priors concatenated to the
+  decoder inputs, per-domain BatchNorm in the conspicuity networks, a per-domain fusion and a per-domain
+  learned-σ Gaussian smoothing of the output.
+
+Module names follow the authors' released code (``featureExtractor``, ``conv_t5``, ``decoder5``, …) so that
+their checkpoints load *strictly* (:func:`load_official_hd2s`); the S3D backbone is torchvision's
+(:mod:`tinyhd.s3d`), renamed through an explicit key map. Everything that deviates from the authors' code is
+said where it happens (fact sheet ``shared/spec/hd2s_architecture.md``, cited as "sheet §n").
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinyhd.errors import CheckpointError
+from tinyhd.s3d import TAP_CHANNELS, S3DBackbone, official_backbone_key, our_backbone_key_to_official
+
+LEVELS = (5, 4, 3, 2)  # the authors' order: deepest first (also the fusion's concat order, sheet §3.3)
+
+# Conspicuity network stages, per level: (in, out, number of convs); stage names count down to _1 (sheet §3.2)
+DECODER_STAGES: dict[int, list[tuple[int, int, int]]] = {
+    5: [(1024, 512, 3), (512, 256, 3), (256, 128, 2), (128, 64, 2), (64, 3, 2)],
+    4: [(832, 512, 3), (512, 256, 3), (256, 128, 2), (128, 64, 2), (64, 3, 2)],
+    3: [(480, 256, 2), (256, 128, 2), (128, 64, 2), (64, 3, 2)],
+    2: [(192, 128, 2), (128, 64, 2), (64, 3, 2)],
+}
+# Temporal reducers per level: T/2 → 1 at T=16 (level 5, 4: 2→1; level 3: 4→2→1; level 2: 8→4→2→1)
+REDUCER_NAMES: dict[int, list[str]] = {
+    5: ["conv_t5"], 4: ["conv_t4"], 3: ["conv_t3_1", "conv_t3_2"], 2: ["conv_t2_1", "conv_t2_2", "conv_t2_3"],
+}
+
+HD2S_PARAMS = 29_795_597  # sheet §4, paper: 29.8M
+
+
+class HD2SOutput(NamedTuple):
+    """``saliency`` B×1×H×W, ``conspicuity`` B×4×H×W ordered shallowest first (levels 2, 3, 4, 5)."""
+
+    saliency: torch.Tensor
+    conspicuity: torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks (sheet §3.1, §3.2)
+# --------------------------------------------------------------------------------------------------------------
+
+class TemporalReducer(nn.Module):
+    """Conv3d kernel 3×1×1, stride 2×1×1 (halves T, "spatially point-wise", §3.3) → BN3d → ReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, (3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0), bias=False)
+        self.bn = nn.BatchNorm3d(channels, eps=1e-3, momentum=1e-3)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×C×T×h×w -> B×C×⌈T/2⌉×h×w
+        return self.relu(self.bn(self.conv(x)))
+
+
+def _bn2d(channels: int, eps: float, momentum: float, domains: Sequence[str] | None) -> nn.Module:
+    if domains is None:
+        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    return DomainBatchNorm2d(channels, domains)
+
+
+class Conv2dUnit(nn.Module):
+    """Conv2d 3×3 (no bias) → BN2d(eps 1e-3, momentum 1e-3) → ReLU: the first conv of every stage."""
+
+    def __init__(self, cin: int, cout: int, domains: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = _bn2d(cout, 1e-3, 1e-3, domains)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class DWSepUnit(nn.Module):
+    """Depthwise 3×3 → BN2d → ReLU → pointwise 1×1 → BN2d → ReLU (BN at PyTorch defaults, as in the code)."""
+
+    def __init__(self, channels: int, domains: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.conv_s = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.bn_s = _bn2d(channels, 1e-5, 0.1, domains)
+        self.relu_s = nn.ReLU(inplace=True)
+        self.conv_t = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn_t = _bn2d(channels, 1e-5, 0.1, domains)
+        self.relu_t = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu_s(self.bn_s(self.conv_s(x)))
+        return self.relu_t(self.bn_t(self.conv_t(x)))
+
+
+class ConspicuityNetwork(nn.Module):
+    """A 2D decoder: stages ``deconvlayer{L}_{k}`` each followed by bilinear ×2 upsampling, then a 1×1 conv
+    (3→1, with bias) and a sigmoid — one conspicuity map at the input resolution (§3.3, sheet §3.2).
+
+    ``extra_in`` adds input channels to the first conv (the 16 Gaussian priors of HD2S_DSL); ``domains`` turns
+    every BatchNorm into a :class:`DomainBatchNorm2d`.
+    """
+
+    def __init__(self, level: int, extra_in: int = 0, domains: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.level = level
+        stages = DECODER_STAGES[level]
+        self.stage_names: list[str] = []
+        for i, (cin, cout, n) in enumerate(stages):
+            k = len(stages) - i
+            units: list[nn.Module] = [Conv2dUnit(cin + (extra_in if i == 0 else 0), cout, domains)]
+            units += [DWSepUnit(cout, domains) for _ in range(n - 1)]
+            self.add_module(f"deconvlayer{level}_{k}", nn.Sequential(*units))
+            self.add_module(f"upsample{level}_{k}", nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            self.stage_names.append(f"{level}_{k}")
+        self.add_module(f"last_conv{level}", nn.Conv2d(3, 1, 1, bias=True))
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×C×h×w -> B×1×(h·2^n)×(w·2^n), in (0, 1)
+        for name in self.stage_names:
+            x = getattr(self, f"upsample{name}")(getattr(self, f"deconvlayer{name}")(x))
+        return self.sigmoid(getattr(self, f"last_conv{self.level}")(x))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HD2S
+# --------------------------------------------------------------------------------------------------------------
+
+class HD2S(nn.Module):
+    """HD2S (IJCV 2021, §3, Fig. 2): S3D features at four levels → four conspicuity maps → 1×1 fusion.
+
+    Input: B×3×T×H×W in [−1, 1] (``(2v − 255)/255`` of RGB uint8; sheet §6, see
+    :func:`tinyhd.preprocess.student_to_teacher_input`), T ∈ {8, 12, 16} (16 by design) and H, W multiples of
+    32 (sheet §1 "Constraints"). Output: :class:`HD2SOutput`; all maps are sigmoid-activated.
+
+    ``pretrained_backbone=True`` loads torchvision's Kinetics-400 S3D weights (needs them in the torch hub cache
+    or network access; a clear :class:`~tinyhd.errors.UserError` otherwise).
+    """
+
+    def __init__(self, pretrained_backbone: bool = False) -> None:
+        super().__init__()
+        self.config = {"pretrained_backbone": False}  # rebuilding for a checkpoint never needs the download
+        self.featureExtractor = S3DBackbone(pretrained=pretrained_backbone)
+        for level in LEVELS:
+            for name in REDUCER_NAMES[level]:
+                self.add_module(name, TemporalReducer(TAP_CHANNELS[level]))
+            self.add_module(f"decoder{level}", ConspicuityNetwork(level, **self._decoder_kwargs()))
+        self._build_fusion()
+
+    # the variants override these two
+    def _decoder_kwargs(self) -> dict:
+        return {}
+
+    def _build_fusion(self) -> None:
+        self.last_conv = nn.Conv2d(4, 1, 1, bias=True)  # weights for [sal5, sal4, sal3, sal2] (Fig. 5 of the paper)
+        self.sigmoid = nn.Sigmoid()
+
+    @staticmethod
+    def check_input(x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != 3:
+            raise ValueError(f"HD2S expects a B×3×T×H×W clip, got shape {tuple(x.shape)}")
+        if x.shape[-1] % 32 or x.shape[-2] % 32:
+            raise ValueError(f"HD2S needs H and W that are multiples of 32 (e.g. 128×192, 192×256), got "
+                             f"{x.shape[-2]}×{x.shape[-1]}: the four conspicuity maps would differ in size")
+        if x.shape[2] not in (8, 12, 16):
+            raise ValueError(f"HD2S needs T ∈ {{8, 12, 16}} frames (16 by design) so that every temporal reducer "
+                             f"ends at length 1, got T={x.shape[2]}")
+
+    def reduced_features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The four taps after temporal reduction, time axis squeezed: {5: B×1024×H/32×W/32, …, 2: B×192×H/8×W/8}."""
+        self.check_input(x)
+        f2, f3, f4, f5 = self.featureExtractor(x)
+        out = {}
+        for level, f in zip((2, 3, 4, 5), (f2, f3, f4, f5)):
+            for name in REDUCER_NAMES[level]:
+                f = getattr(self, name)(f)
+            out[level] = f.squeeze(2)  # B×C×1×h×w -> B×C×h×w
+        return out
+
+    def fuse(self, maps: dict[int, torch.Tensor]) -> torch.Tensor:
+        """§3.4: concatenate [sal5, sal4, sal3, sal2] (the authors' order), 1×1 conv, logistic activation."""
+        return self.sigmoid(self.last_conv(torch.cat([maps[lv] for lv in LEVELS], dim=1)))
+
+    def forward(self, x: torch.Tensor) -> HD2SOutput:
+        feats = self.reduced_features(x)
+        maps = {lv: getattr(self, f"decoder{lv}")(feats[lv]) for lv in LEVELS}  # each B×1×H×W
+        return HD2SOutput(saliency=self.fuse(maps),
+                          conspicuity=torch.cat([maps[lv] for lv in (2, 3, 4, 5)], dim=1))  # shallowest first
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Domain adaptation (§3.5)
+# --------------------------------------------------------------------------------------------------------------
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lambda_: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.lambda_ = lambda_
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return -ctx.lambda_ * grad, None
+
+
+def grl_lambda(p: float) -> float:
+    """Eq. 4: λ = 2 / (1 + exp(−10 p)) − 1, p ∈ [0, 1] the training progress (0 → 0, 1 → ≈ 1)."""
+    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+
+class GradientReversal(nn.Module):
+    """Identity in the forward pass; multiplies the gradient by −λ in the backward pass (Ganin & Lempitsky)."""
+
+    def forward(self, x: torch.Tensor, lambda_: float) -> torch.Tensor:
+        return _ReverseGrad.apply(x, float(lambda_))
+
+
+# level -> (feature reduction channels, classifier hidden widths); input widths are the authors' 128×192 ones
+DA_REDUCTION = {5: [1024, 512, 64, 16], 4: [832, 128, 16], 3: [480, 64, 4], 2: [192, 64, 32, 4]}
+DA_HIDDEN = {5: [64, 16], 4: [64, 16], 3: [64, 16], 2: [512, 128, 32]}
+DA_INPUT_HW = {5: (4, 6), 4: (4, 6), 3: (8, 12), 2: (16, 24)}  # decoder-input grid at 128×192 (sheet §10)
+
+
+class FeatureReduction(nn.Module):
+    """[Conv2d 1×1 (bias) → BN2d → ReLU] repeated: shrinks a level's features for its domain classifier."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.feature_reduction = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_reduction(x)
+
+
+class DomainClassifier(nn.Module):
+    """flatten → [Linear → BN1d → ReLU (→ Dropout 0.5 after all but the first)]… → Linear(2) → LogSoftmax."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        widths = [in_features, *hidden]
+        for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+            layers += [nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+            if i > 0:
+                layers.append(nn.Dropout(0.5))
+        layers += [nn.Linear(widths[-1], 2), nn.LogSoftmax(dim=1)]
+        self.domainClassifier = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×C×h×w -> B×2 log-probabilities (source, target)
+        return self.domainClassifier(x.flatten(1))
+
+
+class HD2SDAOutput(NamedTuple):
+    saliency: torch.Tensor
+    conspicuity: torch.Tensor
+    domain: torch.Tensor | None  # B×4×2 log-probabilities, levels 2, 3, 4, 5 (None when not asked for)
+
+
+class HD2S_DA(HD2S):
+    """HD2S with hierarchical gradient reversal (§3.5): a GRL + domain classifier on each level's reduced
+    features, so the adversarial gradient reaches the temporal reducers and the backbone (sheet §10).
+
+    The classifiers' input widths are the authors' (fixed by the 128×192 training resolution), so the domain
+    branch only runs on 128×192 clips; the saliency path runs at any valid size. 31,446,141 parameters.
+    """
+
+    def __init__(self, pretrained_backbone: bool = False) -> None:
+        super().__init__(pretrained_backbone)
+        self.grl = GradientReversal()
+        for level in LEVELS:
+            chans = DA_REDUCTION[level]
+            h, w = DA_INPUT_HW[level]
+            self.add_module(f"featureReduction{level}", FeatureReduction(chans))
+            self.add_module(f"domainClassifier{level}", DomainClassifier(chans[-1] * h * w, DA_HIDDEN[level]))
+
+    def forward(self, x: torch.Tensor, lambda_: float | None = None) -> HD2SDAOutput:  # type: ignore[override]
+        """``lambda_`` = the GRL factor (use :func:`grl_lambda`); None skips the domain branch (inference)."""
+        feats = self.reduced_features(x)
+        maps = {lv: getattr(self, f"decoder{lv}")(feats[lv]) for lv in LEVELS}
+        domain = None
+        if lambda_ is not None:
+            if tuple(x.shape[-2:]) != (128, 192):
+                raise ValueError(f"HD2S_DA's domain classifiers take 128×192 clips (their input widths are fixed "
+                                 f"by the authors' weights), got {x.shape[-2]}×{x.shape[-1]}")
+            domain = torch.stack([
+                getattr(self, f"domainClassifier{lv}")(getattr(self, f"featureReduction{lv}")(self.grl(feats[lv], lambda_)))
+                for lv in (2, 3, 4, 5)], dim=1)  # B×4×2
+        return HD2SDAOutput(self.fuse(maps), torch.cat([maps[lv] for lv in (2, 3, 4, 5)], dim=1), domain)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Domain-specific learning (§3.6)
+# --------------------------------------------------------------------------------------------------------------
+
+class DomainBatchNorm2d(nn.Module):
+    """One BatchNorm2d per domain, named ``bn_{Domain}``; ``self.domain`` picks the one in use.
+
+    As in the authors' code every per-domain BN uses eps 1e-5, momentum 0.01 whatever the unit it replaces.
+    """
+
+    def __init__(self, channels: int, domains: Sequence[str]) -> None:
+        super().__init__()
+        self.domains = list(domains)
+        self.domain = self.domains[0]
+        for d in self.domains:
+            self.add_module(f"bn_{d}", nn.BatchNorm2d(channels, eps=1e-5, momentum=0.01))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"bn_{self.domain}")(x)
+
+
+def gaussian_prior_init(n: int = 16) -> torch.Tensor:
+    """The 16 initial priors (sheet §11): n×2×2 = [gaussian, (y, x), (μ, log σ)]."""
+    if n != 16:
+        raise ValueError("the authors' prior initialisation defines exactly 16 Gaussians")
+    q = (0.25, 0.5, 0.75)
+    rows = [((my, mx), (-1.5, -1.5)) for my in q for mx in q]       # 9 small blobs on a 3×3 grid
+    rows += [((0.5, mx), (0.0, -1.5)) for mx in q]                  # 3 tall ones (wide in y)
+    rows += [((my, 0.5), (-1.5, 0.0)) for my in q]                  # 3 wide ones (wide in x)
+    rows += [((0.5, 0.5), (0.0, 0.0))]                              # 1 broad centre bias
+    p = torch.zeros(16, 2, 2)
+    for g, ((my, mx), (sy, sx)) in enumerate(rows):
+        p[g, 0] = torch.tensor([my, sy])
+        p[g, 1] = torch.tensor([mx, sx])
+    return p
+
+
+def render_priors(params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """n×2×2 prior parameters -> n×h×w maps, 6 · exp(−((y−μy)/σy)²/2) · exp(−((x−μx)/σx)²/2), y, x ∈ [0, 1]."""
+    y = torch.linspace(0, 1, h, device=params.device, dtype=params.dtype).view(1, h, 1)
+    x = torch.linspace(0, 1, w, device=params.device, dtype=params.dtype).view(1, 1, w)
+    mu, sigma = params[:, :, 0], params[:, :, 1].exp()  # n×2 each
+    gy = torch.exp(-0.5 * ((y - mu[:, 0].view(-1, 1, 1)) / sigma[:, 0].view(-1, 1, 1)) ** 2)
+    gx = torch.exp(-0.5 * ((x - mu[:, 1].view(-1, 1, 1)) / sigma[:, 1].view(-1, 1, 1)) ** 2)
+    return 6.0 * gy * gx
+
+
+class LearnedGaussianSmoothing(nn.Module):
+    """Domain-specific smoothing (§3.6): a Gaussian blur parameterised by σ only (initial max_sigma/2).
+
+    Kernel size ⌈6·max_sigma⌉ rounded up to odd, zero padding. σ is clamped to [0.5, max_sigma] in the forward
+    pass (our choice: the authors' layer lets σ drift freely [sheet §11]).
+    """
+
+    def __init__(self, max_sigma: float = 10.0) -> None:
+        super().__init__()
+        self.max_sigma = float(max_sigma)
+        self.sigma = nn.Parameter(torch.tensor(self.max_sigma / 2))
+        k = math.ceil(6 * self.max_sigma)
+        self.kernel_size = k + 1 if k % 2 == 0 else k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×1×H×W
+        r = self.kernel_size // 2
+        d = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+        sigma = self.sigma.clamp(0.5, self.max_sigma)
+        g = torch.exp(-(d.view(-1, 1) ** 2 + d.view(1, -1) ** 2) / (2 * sigma**2))
+        return F.conv2d(x, (g / g.sum()).view(1, 1, *g.shape), padding=r)
+
+
+def quantize_straight_through(x: torch.Tensor, levels: int = 255) -> torch.Tensor:
+    """⌊x·255⌋/255 in the forward pass, identity gradient in the backward pass.
+
+    The authors quantise with an integer cast, which cuts the autograd graph and leaves the per-domain fusion
+    conv without any gradient (sheet §11 "side effect"); the straight-through estimator keeps the forward
+    values and lets the gradient through, so every domain-specific parameter is trained.
+    """
+    return x + (torch.floor(x * levels) / levels - x).detach()
+
+
+class HD2S_DSL(HD2S):
+    """HD2S with domain-specific priors, BatchNorm, fusion and smoothing (§3.6, sheet §11).
+
+    ``forward(x, domain)`` uses the named domain's priors (16 Gaussians concatenated to each decoder's input),
+    its BatchNorms inside the four conspicuity networks, its fusion ``last_block__{domain}`` and its smoothing
+    ``GL__{domain}``. Backbone and temporal reducers are shared. 30,042,282 parameters with three domains.
+    """
+
+    def __init__(self, domains: Sequence[str] = ("DHF1K", "Hollywood", "UCFSports"), n_gaussians: int = 16,
+                 max_sigma: float = 10.0, pretrained_backbone: bool = False) -> None:
+        self.domains = list(domains)
+        self.n_gaussians = n_gaussians
+        self.max_sigma = max_sigma
+        super().__init__(pretrained_backbone)
+        self.config = {"domains": self.domains, "n_gaussians": n_gaussians, "max_sigma": max_sigma,
+                       "pretrained_backbone": False}
+        for d in self.domains:
+            for level in (2, 3, 4, 5):
+                self.register_parameter(f"gaussians{level}__{d.lower()}", nn.Parameter(gaussian_prior_init(n_gaussians)))
+
+    def _decoder_kwargs(self) -> dict:
+        return {"extra_in": self.n_gaussians, "domains": self.domains}
+
+    def _build_fusion(self) -> None:
+        for d in self.domains:
+            self.add_module(f"last_block__{d.lower()}", nn.Sequential(nn.Conv2d(4, 1, 1, bias=True), nn.Sigmoid()))
+            self.add_module(f"GL__{d.lower()}", LearnedGaussianSmoothing(self.max_sigma))
+
+    def forward(self, x: torch.Tensor, domain: str | None = None) -> HD2SOutput:  # type: ignore[override]
+        domain = self.domains[0] if domain is None else domain
+        if domain not in self.domains:
+            raise ValueError(f"unknown domain {domain!r}; this HD2S_DSL knows {self.domains}")
+        for m in self.modules():
+            if isinstance(m, DomainBatchNorm2d):
+                m.domain = domain
+        key = domain.lower()
+        feats = self.reduced_features(x)
+        maps = {}
+        for lv in LEVELS:
+            f = feats[lv]                                                                  # B×C×h×w
+            priors = render_priors(getattr(self, f"gaussians{lv}__{key}"), *f.shape[-2:])  # 16×h×w
+            f = torch.cat([f, priors.unsqueeze(0).expand(f.shape[0], -1, -1, -1)], dim=1)  # B×(C+16)×h×w
+            maps[lv] = getattr(self, f"decoder{lv}")(f)
+        fused = getattr(self, f"last_block__{key}")(torch.cat([maps[lv] for lv in LEVELS], dim=1))
+        smoothed = getattr(self, f"GL__{key}")(quantize_straight_through(fused))
+        return HD2SOutput(smoothed, torch.cat([maps[lv] for lv in (2, 3, 4, 5)], dim=1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The authors' checkpoint layout
+# --------------------------------------------------------------------------------------------------------------
+
+def official_key_to_ours(key: str) -> str:
+    """Authors' state-dict key -> ours. Only the backbone differs (see :mod:`tinyhd.s3d`)."""
+    if key.startswith("featureExtractor."):
+        return "featureExtractor." + official_backbone_key(key[len("featureExtractor."):])
+    return key
+
+
+def our_key_to_official(key: str) -> str:
+    if key.startswith("featureExtractor."):
+        return "featureExtractor." + our_backbone_key_to_official(key[len("featureExtractor."):])
+    return key
+
+
+def official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our model's state dict in the authors' layout (what ``torch.save(model.state_dict())`` gives there)."""
+    return {our_key_to_official(k): v for k, v in model.state_dict().items()}
+
+
+def _model_for_official_keys(keys: Sequence[str]) -> nn.Module:
+    """Pick the variant from the keys: DA heads -> HD2S_DA; per-domain priors -> HD2S_DSL; else HD2S."""
+    if any(k.startswith("featureReduction") or k.startswith("domainClassifier") for k in keys):
+        return HD2S_DA()
+    if any(k.startswith("last_block__") for k in keys):
+        cased = {}
+        for k in keys:
+            m = re.search(r"\.bn_([A-Za-z0-9]+)\.weight$", k)
+            if m:
+                cased.setdefault(m.group(1).lower(), m.group(1))
+        order = []  # keep the checkpoint's order of first appearance
+        for k in keys:
+            m = re.fullmatch(r"last_block__(\w+)\.0\.weight", k)
+            if m and m.group(1) not in order:
+                order.append(m.group(1))
+        return HD2S_DSL(domains=[cased.get(d, d) for d in order])
+    return HD2S()
+
+
+def load_official_hd2s(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load the HD2S authors' checkpoint (a bare state dict, 868 entries for the base model) *strictly*.
+
+    The variant (HD2S, HD2S_DA, HD2S_DSL with its domains) is read off the keys. Every key is renamed with the
+    explicit map :func:`official_key_to_ours`, every shape is compared, and any missing or unexpected key stops
+    the load with a :class:`~tinyhd.errors.CheckpointError` naming the file and the keys. Returns the model in
+    eval mode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        sd = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
+        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: expected a bare state dict (name -> tensor) in the HD2S authors' layout")
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}  # DataParallel saves
+    model = _model_for_official_keys(list(sd))
+    ours = model.state_dict()
+    renamed, unknown = {}, []
+    for k, v in sd.items():
+        try:
+            renamed[official_key_to_ours(k)] = v
+        except KeyError:
+            unknown.append(k)
+    missing = sorted(set(ours) - set(renamed))
+    unexpected = sorted(unknown + [k for k in renamed if k not in ours])
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: not an HD2S checkpoint in the authors' layout for {type(model).__name__}: "
+            f"{len(missing)} missing key(s) {missing[:5]}{' …' if len(missing) > 5 else ''}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+    bad = [f"{our_key_to_official(k)}: file {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
+           for k, v in renamed.items() if tuple(v.shape) != tuple(ours[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) with the wrong shape, e.g. {bad[:3]}")
+    model.load_state_dict(renamed, strict=True)
+    return model.eval()
