@@ -354,6 +354,7 @@ def build(root: str | os.PathLike, kind: str = "dhf1k", videos: int | None = Non
             root.rmdir()
         else:
             raise UserError(f"{root}: already exists and is not a synthetic dataset; choose a new folder")
+    size = _check_size(size)
     writer = write_dhf1k if kind == "dhf1k" else write_kinetics
     try:
         with atomic_directory(root) as tmp:
@@ -388,8 +389,14 @@ def _parse_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UserError(f"--size must look like HxW (e.g. 96x128), not {text!r}") from None
-    if h < 16 or w < 16:
-        raise UserError(f"--size {text}: frames must be at least 16×16")
+    return _check_size((h, w))
+
+
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    h, w = (int(v) for v in size)
+    if h < 16 or w < 16 or h % 2 or w % 2:
+        raise UserError(f"synthetic frame size {h}x{w}: height and width must be even and at least 16 "
+                        f"(video writers crop odd sizes)")
     return h, w
 
 

@@ -214,6 +214,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
     """Write N×H×W×3 uint8 RGB frames (or N×H×W gray) atomically: temporary name, then rename.
 
     MJPG in ``.avi`` is available in every OpenCV build; ``mp4v`` in ``.mp4`` works with the FFMPEG backend.
+    Height and width must be even (OpenCV's writers would crop odd sizes silently).
     """
     cv2 = _cv2()
     path = Path(path)
@@ -222,6 +223,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
         frames = np.repeat(frames[..., None], 3, axis=3)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"write_video expects N×H×W×3 uint8 frames, got {frames.shape} {frames.dtype}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        # OpenCV's FFMPEG writers silently crop odd sizes to even ones; refuse rather than change the size
+        raise ValueError(f"{path}: video frames must have an even height and width to be written "
+                         f"(got {frames.shape[1]}×{frames.shape[2]}); store odd sizes as frame folders")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)

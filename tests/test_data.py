@@ -1,0 +1,251 @@
+"""tinyhd.data: the item contract, determinism, the shared flip, short/odd/grayscale videos, layouts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tinyhd.data import (MixedClipDataset, SaliencyClipDataset, UnlabeledClipDataset, clip_frame_indices,
+                         list_videos, resize_fixations)
+from tinyhd.errors import DataError, UserError
+from tinyhd.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from tinyhd.synth import generate_video, write_dhf1k, write_kinetics
+
+SIZE = (48, 64)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """Frames 58×82 (resized to 48×64); video 002 is short (10 frames < 16); video 003 is grayscale."""
+    root = tmp_path_factory.mktemp("data") / "dhf1k"
+    write_dhf1k(root, videos=3, frames=[20, 10, 18], size=(58, 82), seed=5, progress=False, gray=[3])
+    return root
+
+
+@pytest.fixture(scope="module")
+def kinetics(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "kinetics"
+    write_kinetics(root, videos=3, frames=[20, 12, 30], size=(40, 52), seed=1, progress=False)
+    return root
+
+
+def _ds(tree, **kw) -> SaliencyClipDataset:
+    kw.setdefault("size", SIZE)
+    return SaliencyClipDataset(tree, **kw)
+
+
+def test_item_contract_single_and_multi(tree):
+    for output, t_out in (("single", 1), ("multi", 16)):
+        ds = _ds(tree, split="train", output=output)
+        assert len(ds) == 1 and ds.video_ids == ["001"]  # 3 videos -> 1 train, 1 val, 1 test
+        item = ds[0]
+        assert set(item) == {"clip", "saliency", "fixation", "has_sal", "video", "frame_index", "flip"}
+        assert item["clip"].shape == (3, 16, *SIZE) and item["clip"].dtype == torch.float32
+        assert item["saliency"].shape == (t_out, *SIZE) and item["saliency"].dtype == torch.float32
+        assert item["fixation"].shape == (t_out, *SIZE) and item["fixation"].dtype == torch.float32
+        assert item["has_sal"].dtype == torch.bool and bool(item["has_sal"])
+        assert item["video"] == "001"
+        assert item["frame_index"].dtype == torch.int64 and item["frame_index"].shape == (t_out,)
+        assert item["flip"].dtype == torch.bool and item["flip"].ndim == 0
+        sal, fix = item["saliency"], item["fixation"]
+        assert 0 <= sal.min() and sal.max() <= 1 and sal.max() > 0.5
+        assert set(fix.unique().tolist()) <= {0.0, 1.0} and fix.sum() > 0
+        # MISO targets the last frame of the clip; MIMO all 16 consecutive frames
+        fi = item["frame_index"]
+        assert torch.equal(fi, torch.arange(int(fi[-1]) - t_out + 1, int(fi[-1]) + 1))
+
+
+def test_targets_match_the_png_files_and_the_decoded_frames(tree):
+    ds = _ds(tree, split="train", output="multi", size=None, flip=False)
+    item = ds[0]
+    gt = ds.ground_truth("001")
+    assert gt.maps.shape == (20, 58, 82) and gt.fixations.dtype == bool and gt.path == tree / "video/001.AVI"
+    fi = item["frame_index"].numpy()
+    assert np.allclose(item["saliency"].numpy(), gt.maps[fi])
+    assert np.array_equal(item["fixation"].numpy() > 0, gt.fixations[fi])
+    png = cv2.imread(str(tree / f"annotation/0001/maps/{fi[-1] + 1:04d}.png"), cv2.IMREAD_GRAYSCALE)
+    assert np.allclose(gt.maps[fi[-1]], png / 255.0)
+    frames = ds.frames("001")[fi]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    rgb = (item["clip"] * std + mean) * 255
+    assert torch.allclose(rgb, torch.from_numpy(frames).permute(3, 0, 1, 2).float(), atol=1e-3)
+
+
+def test_random_clips_are_a_pure_function_of_seed_epoch_index(tree):
+    a, b = _ds(tree, split="train", seed=7), _ds(tree, split="train", seed=7)
+    for epoch in (0, 3):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        x, y = a[0], b[0]
+        assert torch.equal(x["frame_index"], y["frame_index"]) and bool(x["flip"]) == bool(y["flip"])
+        assert torch.equal(x["clip"], y["clip"])
+    placements = set()
+    for epoch in range(12):
+        a.set_epoch(epoch)
+        item = a[0]
+        placements.add((int(item["frame_index"][-1]), bool(item["flip"])))
+    assert len(placements) > 3  # epochs see different clips and flips
+    ends = {p[0] for p in placements}
+    assert min(ends) >= 15 and max(ends) <= 19  # full 16-frame clips inside a 20-frame video
+    assert {p[1] for p in placements} == {True, False}
+
+
+def test_flip_is_shared_by_clip_maps_and_fixations(tree):
+    flipped, plain = _ds(tree, split="train", output="multi"), _ds(tree, split="train", output="multi", flip=False)
+    for epoch in range(20):
+        flipped.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        x = flipped[0]
+        if bool(x["flip"]):
+            break
+    else:
+        pytest.fail("no flipped clip in 20 epochs")
+    y = plain[0]
+    assert not bool(y["flip"]) and torch.equal(x["frame_index"], y["frame_index"])
+    for key in ("clip", "saliency", "fixation"):
+        assert torch.equal(x[key], y[key].flip(-1)), key
+        assert not torch.equal(x[key], y[key]), key
+
+
+def test_short_video_is_padded_with_its_first_frame(tree):
+    ds = _ds(tree, split="val", output="multi", sampling="uniform", flip=False)
+    assert ds.video_ids == ["002"] and len(ds) == 1  # 10 frames: a single (padded) clip
+    item = ds[0]
+    assert item["frame_index"].tolist() == [0] * 6 + list(range(10))
+    clip, sal = item["clip"], item["saliency"]
+    for t in range(1, 7):
+        assert torch.equal(clip[:, t], clip[:, 0]) and torch.equal(sal[t], sal[0])
+    assert not torch.equal(clip[:, 7], clip[:, 0])
+    single = _ds(tree, split="val", output="single", flip=False)
+    assert single[0]["frame_index"].tolist() == [9] and single[0]["clip"].shape == (3, 16, *SIZE)
+    assert clip_frame_indices(2, 5).tolist() == [0, 0, 0, 1, 2]
+
+
+def _unnormalise(clip: torch.Tensor) -> torch.Tensor:
+    return clip * torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+
+
+def test_grayscale_video_gives_three_channels(tree):
+    ds = _ds(tree, split="test", flip=False)
+    assert ds.video_ids == ["003"]
+    rgb = _unnormalise(ds[0]["clip"])
+    # a grey AVI decodes to three nearly equal channels (MJPG's YUV round trip moves them by ~2 levels);
+    # exact equality for grey frame images is checked in test_frame_folder_layout_ucf
+    assert (rgb[0] - rgb[1]).abs().max() < 0.03 and (rgb[1] - rgb[2]).abs().max() < 0.03
+    colour = _unnormalise(_ds(tree, split="train", flip=False)[0]["clip"])
+    assert (colour[0] - colour[1]).abs().max() > 0.3
+
+
+def test_uniform_and_all_sampling(tree):
+    ds = _ds(tree, split="train", sampling="uniform", clips_per_video=3, flip=False)
+    assert [int(ds[i]["frame_index"][-1]) for i in range(len(ds))] == [15, 17, 19]
+    every = _ds(tree, split="train", sampling="all", flip=False)
+    assert len(every) == 5 and [int(every[i]["frame_index"][-1]) for i in range(5)] == [15, 16, 17, 18, 19]
+    with pytest.raises(IndexError):
+        every[5]
+
+
+def test_fixations_survive_downsizing():
+    fix = np.zeros((2, 97, 131), bool)
+    rng = np.random.default_rng(0)
+    pts = rng.integers(0, [97, 131], (20, 2))
+    fix[0, pts[:, 0], pts[:, 1]] = True
+    fix[1, 96, 130] = True
+    out = resize_fixations(fix, (24, 32))
+    assert out.shape == (2, 24, 32) and set(out.unique().tolist()) == {0.0, 1.0}
+    cells = {((y * 24) // 97, (x * 32) // 131) for y, x in pts}
+    assert int(out[0].sum()) == len(cells)  # no fixation vanishes (coincident ones merge)
+    assert out[1, 23, 31] == 1 and int(out[1].sum()) == 1
+    up = resize_fixations(fix, (194, 262))
+    assert int(up[0].sum()) == int(fix[0].sum())
+
+
+def test_unlabeled_items_collate_with_labeled_ones(tree, kinetics):
+    aux = UnlabeledClipDataset(kinetics, size=SIZE, output="single")
+    assert len(aux) == 3 and aux.video_ids[0].count("/") == 1
+    item = aux[1]  # a 12-frame video: padded
+    assert not bool(item["has_sal"]) and item["clip"].shape == (3, 16, *SIZE)
+    assert item["saliency"].shape == (1, *SIZE) and not item["saliency"].any() and not item["fixation"].any()
+    labeled = _ds(tree, split="train")
+    mixed = MixedClipDataset(labeled, aux, ratio=2.0)
+    assert len(mixed) == 3
+    mixed.set_epoch(1)
+    assert labeled.epoch == 1 and aux.epoch == 1
+    batch = next(iter(DataLoader(mixed, batch_size=3, shuffle=False)))
+    assert batch["clip"].shape == (3, 3, 16, *SIZE)
+    assert batch["has_sal"].tolist() == [True, False, False]
+    again = next(iter(DataLoader(mixed, batch_size=3, shuffle=False)))
+    assert again["video"] == batch["video"] and torch.equal(again["clip"], batch["clip"])
+
+
+def test_two_workers_give_the_same_items(tree):
+    ds = _ds(tree, split="train", sampling="all", flip=True)
+    one = [b["clip"] for b in DataLoader(ds, batch_size=2, num_workers=0)]
+    two = [b["clip"] for b in DataLoader(ds, batch_size=2, num_workers=2)]
+    assert len(one) == len(two) == 3 and all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_frame_folder_layout_ucf(tmp_path):
+    """UCF-Sports layout (frame folders); a 5-frame video and odd sizes load through dataset="ucf"."""
+    for name, n in (("Diving-001", 5), ("Golf-002", 18), ("Kick-003", 16)):
+        v = generate_video(0, len(name), n, (37, 53))
+        for sub in ("images", "maps", "fixation"):
+            (tmp_path / "training" / name / sub).mkdir(parents=True)
+        for t in range(n):
+            stem = f"{name}_{t + 1:03d}.png"
+            image = cv2.cvtColor(v.frames[t], cv2.COLOR_RGB2GRAY) if name == "Kick-003" else v.frames[t][..., ::-1]
+            cv2.imwrite(str(tmp_path / "training" / name / "images" / stem), image)
+            cv2.imwrite(str(tmp_path / "training" / name / "maps" / stem), v.maps[t])
+            cv2.imwrite(str(tmp_path / "training" / name / "fixation" / stem), v.fixations[t].astype(np.uint8) * 255)
+    assert list_videos(tmp_path, "train", dataset="ucf") == ["Diving-001", "Golf-002", "Kick-003"]
+    ds = SaliencyClipDataset(tmp_path, split="train", dataset="ucf", size=SIZE, output="multi", flip=False)
+    short = ds[0]
+    assert short["video"] == "Diving-001" and short["frame_index"].tolist() == [0] * 11 + [0, 1, 2, 3, 4]
+    assert short["clip"].shape == (3, 16, *SIZE) and short["saliency"].shape == (16, *SIZE)
+    gt = ds.ground_truth("Golf-002")
+    assert gt.maps.shape == (18, 37, 53)  # odd sizes, native resolution
+    assert np.array_equal(ds.frames("Golf-002")[3], generate_video(0, 8, 18, (37, 53)).frames[3])
+    gray = _unnormalise(ds[2]["clip"])
+    assert torch.allclose(gray[0], gray[1], atol=1e-5) and torch.allclose(gray[1], gray[2], atol=1e-5)
+    native = SaliencyClipDataset(tmp_path, split="train", dataset="ucf", size=None, flip=False)
+    assert native[1]["clip"].shape == (3, 16, 37, 53) and native[1]["fixation"].shape == (1, 37, 53)
+
+
+def test_dhf1k_frame_folder_variant_is_detected(tree, tmp_path):
+    """annotation/NNNN/images/FFFF.png instead of video/NNN.AVI: same items, layout detected."""
+    import shutil
+
+    root = tmp_path / "frames"
+    shutil.copytree(tree, root)
+    frames = SaliencyClipDataset(tree, split="train", size=None).frames("001")
+    (root / "annotation/0001/images").mkdir()
+    for t, f in enumerate(frames):
+        cv2.imwrite(str(root / f"annotation/0001/images/{t + 1:04d}.png"), f[..., ::-1])
+    (root / "manifest.yaml").unlink()  # use the shipped DHF1K manifest
+    shutil.rmtree(root / "video")
+    ds = SaliencyClipDataset(root, split="train", dataset="dhf1k", size=SIZE, max_videos=1)
+    assert ds.variant == "frames" and ds.video_path("001") == root / "annotation/0001/images"
+    ref = _ds(tree, split="train")
+    assert torch.equal(ds[0]["clip"], ref[0]["clip"]) and torch.equal(ds[0]["saliency"], ref[0]["saliency"])
+
+
+def test_bad_input_names_the_problem(tree, tmp_path):
+    with pytest.raises(DataError, match="absent: dataset folder does not exist"):
+        SaliencyClipDataset(tmp_path / "absent")
+    with pytest.raises(UserError, match="no split 'bogus'"):
+        _ds(tree, split="bogus")
+    with pytest.raises(UserError, match="output must be one of"):
+        _ds(tree, output="many")
+    with pytest.raises(UserError, match="no video"):
+        _ds(tree, split="train", videos=["042"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no manifest.yaml"):
+        SaliencyClipDataset(empty, dataset=None)
+    with pytest.raises(DataError, match="video/001.AVI: missing video"):
+        SaliencyClipDataset(empty, dataset="dhf1k", split="train")
