@@ -1,0 +1,452 @@
+"""Whole-video inference exactly as the TinyHD authors run the released weights, and ``tinyhd predict``.
+
+What the authors' ``generate.py`` does (architecture sheet (e) "Inference and post-processing"; fixture README
+"How frames map to outputs" and "Post-processing behind the PNG maps"):
+
+* **Input.** 16 consecutive frames → ``tinyhd.preprocess`` (÷255, ImageNet mean/std, then bilinear resize to
+  192×256 with ``antialias=False``).
+* **MISO (TinyHD-S).** Every 16-frame window with step 1; window [i−15, i] gives the map of frame i. The first
+  15 frames use *padded* windows: for frame i < 15 the window is [frame 0 repeated 15−i times] + frames 0..i
+  (``first_frames="pad"``, generate.py). ``first_frames="reverse"`` is the HD2S paper's alternative (§3.4):
+  frame i < 15 is predicted from frames i+15, i+14, …, i (time-reversed, so the window still ends on frame i);
+  indices past the end of a short video are clamped to its last frame.
+* **MIMO (TinyHD-M).** Windows start at 0, 16, 32, …; a last window starting at N−16 is added unless already
+  present, and its outputs overwrite the overlapping frames. Output t of a window is the map of window frame t.
+* **Videos shorter than 16 frames** (both modes) are padded at the start by repeating frame 0, as the MISO
+  padded windows do: a MIMO video of N < 16 frames is one window [frame 0 × (16−N)] + frames 0..N−1, and the
+  last N outputs are its maps.
+* **Post-processing** (:func:`postprocess`) of each raw 192×256 map: min-max normalise (no epsilon); ×255 and
+  truncate to uint8; ``cv2.resize`` to the original W×H with INTER_CUBIC; ``cv2.GaussianBlur`` 5×5, σ=0
+  (OpenCV derives σ = 1.1); clip to 0..255. :func:`predict_video` returns these maps as float32 = uint8/255.
+
+The authors batch 20 clips; batch size does not change the maps beyond ~3e-5 (fixture README).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinyhd.errors import CheckpointError, DataError, UserError
+from tinyhd.preprocess import INPUT_SIZE, preprocess
+
+CLIP_LEN = 16
+FIRST_FRAMES = ("pad", "reverse")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# post-processing
+# ----------------------------------------------------------------------------------------------------------
+def _as_numpy_map(raw_map: Any) -> np.ndarray:
+    if isinstance(raw_map, torch.Tensor):
+        raw_map = raw_map.detach().float().cpu().numpy()
+    m = np.asarray(raw_map)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"postprocess expects one H×W map, got shape {m.shape}")
+    return m.astype(np.float32, copy=False)
+
+
+def postprocess_u8(raw_map: Any, size: Sequence[int]) -> np.ndarray:
+    """The authors' post-processing of one raw map -> H×W uint8 at ``size`` = (H, W) (the PNG they write).
+
+    min-max normalise (float32, no epsilon) → ×255 → truncate (``astype(uint8)``) → ``cv2.resize`` to (W, H),
+    INTER_CUBIC → ``cv2.GaussianBlur`` 5×5, σ=0 → clip 0..255. A constant map (where the authors' 0/0 gives
+    NaN and an undefined cast) becomes all zeros.
+    """
+    import cv2
+
+    m = _as_numpy_map(raw_map)
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"postprocess: invalid output size {tuple(size)} (expected (H, W))")
+    lo, hi = m.min(), m.max()
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("postprocess: the raw map contains NaN or infinite values")
+    if hi > lo:
+        u8 = ((m - lo) / (hi - lo) * np.float32(255.0)).astype(np.uint8)  # truncation, as astype does
+    else:
+        u8 = np.zeros(m.shape, dtype=np.uint8)
+    u8 = cv2.resize(u8, (w, h), interpolation=cv2.INTER_CUBIC)  # saturates to 0..255 for uint8
+    u8 = cv2.GaussianBlur(u8, (5, 5), 0)
+    return np.clip(u8, 0, 255).astype(np.uint8)
+
+
+def postprocess(raw_map: Any, size: Sequence[int]) -> np.ndarray:
+    """The authors' post-processing of one raw 192×256 map, as float32 in [0, 1] at ``size`` = (H, W).
+
+    Equals :func:`postprocess_u8` / 255 (the PNG the authors' generate.py writes, read back and scaled).
+    """
+    return postprocess_u8(raw_map, size).astype(np.float32) / np.float32(255.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# window planning
+# ----------------------------------------------------------------------------------------------------------
+def miso_window(i: int, n_frames: int, clip_len: int = CLIP_LEN, first_frames: str = "pad") -> np.ndarray:
+    """Frame indices of the MISO window whose output is the map of frame ``i`` (length ``clip_len``)."""
+    if first_frames not in FIRST_FRAMES:
+        raise ValueError(f"first_frames must be one of {FIRST_FRAMES}, got {first_frames!r}")
+    if first_frames == "reverse" and i < clip_len - 1:
+        return np.minimum(np.arange(i + clip_len - 1, i - 1, -1), n_frames - 1).astype(np.int64)
+    return np.maximum(np.arange(i - clip_len + 1, i + 1), 0).astype(np.int64)
+
+
+def mimo_windows(n_frames: int, clip_len: int = CLIP_LEN) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The authors' MIMO windows: list of (window frame indices, output positions used, frames they map to).
+
+    Starts 0, clip_len, 2·clip_len, … while a full window fits, plus a last window at N − clip_len; later
+    windows overwrite earlier ones, so each frame is assigned to the last window that covers it. A video
+    shorter than ``clip_len`` is one window padded at the start with frame 0.
+    """
+    if n_frames < 1:
+        raise ValueError("mimo_windows: a video needs at least one frame")
+    if n_frames < clip_len:
+        pad = clip_len - n_frames
+        idx = np.concatenate([np.zeros(pad, dtype=np.int64), np.arange(n_frames, dtype=np.int64)])
+        return [(idx, np.arange(pad, clip_len), np.arange(n_frames))]
+    starts = list(range(0, n_frames - clip_len + 1, clip_len))
+    if starts[-1] != n_frames - clip_len:
+        starts.append(n_frames - clip_len)
+    owner = np.empty(n_frames, dtype=np.int64)
+    for k, s in enumerate(starts):
+        owner[s:s + clip_len] = k  # later windows overwrite
+    out = []
+    for k, s in enumerate(starts):
+        frames = np.flatnonzero(owner == k)
+        if frames.size:
+            out.append((np.arange(s, s + clip_len, dtype=np.int64), frames - s, frames))
+    return out
+
+
+def plan_windows(n_frames: int, output: str, frames: Sequence[int] | None = None, clip_len: int = CLIP_LEN,
+                 first_frames: str = "pad") -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Windows to run for the requested ``frames`` (all when None): (indices, output positions, frames).
+
+    The windows are those of a whole-video run (so a subset of frames gets exactly the maps a full run gives);
+    only windows that produce a requested frame are kept.
+    """
+    if output not in ("single", "multi"):
+        raise ValueError(f"output must be 'single' or 'multi', got {output!r}")
+    want = np.arange(n_frames) if frames is None else np.unique(np.asarray(list(frames), dtype=np.int64))
+    if want.size and (want.min() < 0 or want.max() >= n_frames):
+        raise ValueError(f"frames: indices must be in 0..{n_frames - 1}, got {int(want.min())}..{int(want.max())}")
+    if output == "single":
+        return [(miso_window(int(i), n_frames, clip_len, first_frames), np.array([0]), np.array([int(i)]))
+                for i in want]
+    wanted = np.zeros(n_frames, dtype=bool)
+    wanted[want] = True
+    plan = []
+    for idx, pos, fr in mimo_windows(n_frames, clip_len):
+        keep = wanted[fr]
+        if keep.any():
+            plan.append((idx, pos[keep], fr[keep]))
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------------------
+# running the model
+# ----------------------------------------------------------------------------------------------------------
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _model_output(model: nn.Module, output: str | None) -> str:
+    mode = output or getattr(model, "output", None)
+    if mode not in ("single", "multi"):
+        raise ValueError("cannot tell whether the model is MISO or MIMO: pass output='single' or 'multi'")
+    return mode
+
+
+def _load_frames(video: Any) -> tuple[np.ndarray, Path | None]:
+    """A path (video file or frame folder) or frames (N×H×W×3 / N×H×W uint8) -> N×H×W×3 uint8 RGB."""
+    if isinstance(video, (str, os.PathLike)):
+        from tinyhd.video import read_video
+
+        path = Path(video)
+        if not path.exists():
+            raise DataError(f"{path}: no such video file or frame folder")
+        return read_video(path), path
+    frames = video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
+    if frames.ndim == 4 and frames.shape[-1] == 1:
+        frames = frames[..., 0]
+    if frames.ndim == 3:
+        frames = np.repeat(frames[..., None], 3, axis=3)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be N×H×W×3 (RGB) or N×H×W (gray), got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (0..255), got {frames.dtype}")
+    if len(frames) == 0:
+        raise ValueError("frames: the video has no frames")
+    return frames, None
+
+
+def _batches(plan: list, batch_size: int) -> Iterator[list]:
+    for k in range(0, len(plan), batch_size):
+        yield plan[k:k + batch_size]
+
+
+@torch.inference_mode()
+def predict_raw(model: nn.Module, video: Any, *, frames: Sequence[int] | None = None, batch_size: int = 8,
+                device: str | torch.device | None = None, output: str | None = None, first_frames: str = "pad",
+                clip_len: int = CLIP_LEN, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw model maps of a video: (maps F×192×256 float32, frame indices F, decoded frames N×H×W×3 uint8).
+
+    ``frames`` selects which frame indices to predict (all when None); the maps are those a whole-video run
+    gives (same windows). See :func:`predict_video` for the other arguments.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rgb, _ = _load_frames(video)
+    n = len(rgb)
+    mode = _model_output(model, output)
+    plan = plan_windows(n, mode, frames, clip_len, first_frames)
+    dev = torch.device(device) if device is not None else _model_device(model)
+    if device is not None and _model_device(model) != dev:
+        model.to(dev)
+    was_training = model.training
+    model.eval()
+    wanted = np.array(sorted({int(f) for _, _, fr in plan for f in fr}), dtype=np.int64)
+    slot = {int(f): k for k, f in enumerate(wanted)}
+    maps: np.ndarray | None = None
+    cache: dict[int, torch.Tensor] = {}  # preprocessed frames (3×h×w) of the previous batch
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(total=len(plan), desc="predict", unit="clip", disable=not progress, leave=False) as bar:
+            for batch in _batches(plan, batch_size):
+                need = sorted({int(i) for idx, _, _ in batch for i in idx})
+                missing = [i for i in need if i not in cache]
+                if missing:
+                    x = preprocess(rgb[missing])  # 3×M×192×256
+                    fresh = {i: x[:, k] for k, i in enumerate(missing)}
+                else:
+                    fresh = {}
+                cache = {i: cache[i] if i in cache else fresh[i] for i in need}
+                clip = torch.stack([torch.stack([cache[int(i)] for i in idx], dim=1) for idx, _, _ in batch])
+                out = model(clip.to(dev))  # B×3×T×h×w -> saliency B×T'×h×w
+                sal = getattr(out, "saliency", out)
+                if not isinstance(sal, torch.Tensor) or sal.ndim != 4:
+                    raise ValueError(f"the model must return maps B×T'×H×W (or an object with .saliency), "
+                                     f"got {getattr(sal, 'shape', type(sal))}")
+                expect_t = 1 if mode == "single" else clip_len
+                if sal.shape[0] != len(batch) or sal.shape[1] != expect_t:
+                    raise ValueError(f"{mode} model returned maps of shape {tuple(sal.shape)} for {len(batch)} "
+                                     f"clips of {clip_len} frames (expected {len(batch)}×{expect_t}×H×W)")
+                sal = sal.float().cpu().numpy()
+                if maps is None:
+                    maps = np.empty((len(wanted),) + sal.shape[-2:], dtype=np.float32)
+                for b, (_, pos, fr) in enumerate(batch):
+                    for p, f in zip(pos, fr):
+                        maps[slot[int(f)]] = sal[b, int(p)]
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    if maps is None:  # no frame requested
+        maps = np.empty((0,) + tuple(INPUT_SIZE), dtype=np.float32)
+    return maps, wanted, rgb
+
+
+def predict_video(model: nn.Module, path_or_frames: Any, *, postprocess: bool = True,
+                  frames: Sequence[int] | None = None, batch_size: int = 8,
+                  device: str | torch.device | None = None, output: str | None = None, first_frames: str = "pad",
+                  clip_len: int = CLIP_LEN, progress: bool = True) -> np.ndarray:
+    """Saliency maps of a whole video, as the authors' generate.py computes them.
+
+    Args:
+        model: a :class:`tinyhd.TinyHD` (or any module mapping B×3×T×192×256 clips to an object with
+            ``.saliency`` B×T'×H×W, or to that tensor); put it on CUDA to run there.
+        path_or_frames: a video file, a folder of frame images, or frames N×H×W×3 (RGB) / N×H×W uint8.
+        postprocess: True (default): the authors' post-processing (:func:`postprocess`) → N×H×W float32 in
+            [0, 1] at the original size (= their uint8 PNG / 255). False: the raw N×192×256 sigmoid maps.
+        frames: 0-based frame indices to predict (sorted, unique); None = every frame. The maps equal those of
+            a whole-video run (same windows).
+        batch_size: clips per forward pass.
+        device: where to run; None = the model's device (the model is moved if another device is given).
+        output: "single"/"multi"; None = ``model.output``.
+        first_frames: MISO windows of frames 0..14: "pad" (generate.py, default) or "reverse" (HD2S paper).
+        clip_len: frames per window (16 for the released weights).
+        progress: show a tqdm bar.
+    Returns:
+        F×H×W float32 (or F×192×256 raw), one map per requested frame, in frame order.
+    """
+    maps, _, rgb = predict_raw(model, path_or_frames, frames=frames, batch_size=batch_size, device=device,
+                               output=output, first_frames=first_frames, clip_len=clip_len, progress=progress)
+    if not postprocess:
+        return maps
+    h, w = rgb.shape[1:3]
+    out = np.empty((len(maps), h, w), dtype=np.float32)
+    for k, m in enumerate(maps):
+        out[k] = postprocess_u8(m, (h, w))
+    out /= np.float32(255.0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# overlay and the command line
+# ----------------------------------------------------------------------------------------------------------
+def overlay(frame: np.ndarray, map_u8: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend an H×W uint8 map as a JET heatmap over an H×W×3 uint8 RGB frame -> H×W×3 uint8 RGB."""
+    import cv2
+
+    heat = cv2.cvtColor(cv2.applyColorMap(np.ascontiguousarray(map_u8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(np.ascontiguousarray(frame), 1.0 - alpha, heat, alpha, 0.0)
+
+
+def resolve_checkpoint(spec: str, download: bool = False) -> Path:
+    """A checkpoint path, or the name of a released file in the weights registry (``tinyhd weights``).
+
+    A registry name is used only if already downloaded, unless ``download`` is True.
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        return path
+    looks_like_path = os.sep in spec or path.suffix in (".pth", ".pt", ".ckpt", ".tar")
+    try:
+        from tinyhd import weights
+    except ImportError:
+        weights = None
+    known = weights is not None and _registry_has(weights, spec)
+    if not known and looks_like_path:
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not known:
+        raise CheckpointError(f"{spec}: neither a checkpoint file nor a released checkpoint name "
+                              f"(see `tinyhd weights`)")
+    if download:
+        return Path(weights.download(spec))
+    local = _registry_local(weights, spec)
+    if local is None or not Path(local).is_file():
+        raise CheckpointError(f"{spec}: released checkpoint not downloaded yet; run `tinyhd weights download "
+                              f"{spec}` or pass --download")
+    return Path(local)
+
+
+def _registry_has(weights: Any, name: str) -> bool:
+    for fn in ("names", "list_names", "available"):
+        f = getattr(weights, fn, None)
+        if callable(f):
+            try:
+                return name in set(f())
+            except Exception:
+                return False
+    reg = getattr(weights, "REGISTRY", None) or getattr(weights, "WEIGHTS", None)
+    return isinstance(reg, dict) and name in reg
+
+
+def _registry_local(weights: Any, name: str) -> Path | None:
+    for fn in ("local_path", "cached_path", "path"):
+        f = getattr(weights, fn, None)
+        if callable(f):
+            try:
+                p = f(name)
+            except Exception:
+                return None
+            return Path(p) if p is not None else None
+    return None
+
+
+def _check_not_truncated(path: Path, n_decoded: int) -> None:
+    """A video file whose header promises more frames than decode is truncated or corrupt: say so."""
+    if path.is_dir():
+        return
+    from tinyhd.video import video_info
+
+    claimed = int(video_info(path)["frames"])
+    if claimed > 0 and n_decoded < claimed:
+        raise DataError(f"{path}: truncated or corrupt video: the header says {claimed} frames but only "
+                        f"{n_decoded} decode")
+
+
+def cli_main(argv: list[str]) -> int:
+    """``tinyhd predict VIDEO --checkpoint CKPT --out DIR [--overlay]``."""
+    parser = argparse.ArgumentParser(
+        prog="tinyhd predict",
+        description=("Saliency maps for a video with a TinyHD checkpoint, computed as the authors' generate.py "
+                     "does: one grayscale PNG per frame at the video's original size, named %%04d.png with "
+                     "1-based frame numbers (0001.png is the first frame), written to DIR. With --overlay, also "
+                     "DIR/overlay.mp4: the video with the map blended in as a JET heatmap."))
+    parser.add_argument("video", metavar="VIDEO", help="a video file (any format OpenCV decodes) or a folder of frames")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="a checkpoint file (ours or the authors' .pth), or the name of a released checkpoint "
+                             "already downloaded with `tinyhd weights` (or pass --download)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument("--overlay", action="store_true", help="also write DIR/overlay.mp4 (heatmap over the video)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay (default 0.5)")
+    parser.add_argument("--download", action="store_true",
+                        help="allow downloading a released checkpoint named by --checkpoint")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    parser.add_argument("--first-frames", choices=FIRST_FRAMES, default="pad",
+                        help="MISO windows of the first 15 frames: padded with frame 0 (authors' generate.py, "
+                             "default) or time-reversed (HD2S paper)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out_dir = Path(args.out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: --out must be a folder, but a file of that name exists")
+    video = Path(args.video).expanduser()
+    if not video.exists():
+        raise DataError(f"{video}: no such video file or frame folder")
+    if video.is_file() and video.stat().st_size == 0:
+        raise DataError(f"{video}: empty file, not a video")
+
+    from tinyhd.checkpoints import load_checkpoint
+
+    ckpt = resolve_checkpoint(args.checkpoint, download=args.download)
+    model = load_checkpoint(ckpt)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"--device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    model.to(dev)
+
+    from tinyhd.video import read_video
+
+    rgb = read_video(video)
+    _check_not_truncated(video, len(rgb))
+    maps, _, _ = predict_raw(model, rgb, batch_size=args.batch_size, device=dev, output=model.output,
+                             first_frames=args.first_frames, progress=not args.no_progress)
+    h, w = rgb.shape[1:3]
+    from tqdm.auto import tqdm
+
+    from tinyhd.video import write_image, write_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blended = np.empty_like(rgb) if args.overlay else None
+    for k, m in enumerate(tqdm(maps, desc="write", unit="frame", disable=args.no_progress, leave=False)):
+        u8 = postprocess_u8(m, (h, w))
+        write_image(out_dir / f"{k + 1:04d}.png", u8)
+        if blended is not None:
+            blended[k] = overlay(rgb[k], u8, args.alpha)
+    msg = f"wrote {len(maps)} saliency maps ({w}x{h}) to {out_dir}"
+    if blended is not None:
+        fps = None
+        if video.is_file():
+            from tinyhd.video import video_info
+
+            fps = video_info(video)["fps"]
+        target = out_dir / "overlay.mp4"
+        write_video(target, blended, fps=fps or 30.0, fourcc="mp4v")
+        msg += f" and the overlay video {target}"
+    print(msg)
+    return 0
