@@ -10,7 +10,7 @@ import pytest
 
 from tinyhd import cli, synth
 from tinyhd.manifest import load_manifest, verify
-from tinyhd.synth import default_splits, ensure_synthetic, generate_video
+from tinyhd.synth import baseline_scores, centre_bias, default_splits, ensure_synthetic, generate_video
 
 
 def _cc(a: np.ndarray, b: np.ndarray) -> float:
@@ -126,3 +126,10 @@ def test_cli_writes_a_dataset_that_verifies(tmp_path, capsys):
     assert cli.main(["synth", str(tmp_path / "k"), "--kind", "kinetics", "--videos", "2", "--frames", "4",
                      "--size", "24x32"]) == 0
     assert len(list(Path(tmp_path / "k" / "train_256").rglob("*.avi"))) == 2
+
+
+def test_baseline_scores_with_the_benchmark_metrics():
+    scores = baseline_scores(videos=(1, 2), frames=12, size=(48, 64), every=3)
+    assert scores["density"]["CC"] > scores["centre bias"]["CC"] + 0.3
+    assert scores["density"]["NSS"] > scores["centre bias"]["NSS"] + 1.0
+    assert centre_bias((48, 64)).argmax() in {23 * 64 + 31, 23 * 64 + 32, 24 * 64 + 31, 24 * 64 + 32}

@@ -420,7 +420,7 @@ def verify(manifest: Manifest, root: str | os.PathLike, splits: list[str] | None
         _unexpected_entries(manifest, root, variant, report)
     iterator: Any = entries
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         iterator = tqdm(entries, desc=f"verify {manifest.name}", unit="video", file=sys.stderr)
     for e in iterator:

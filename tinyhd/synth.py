@@ -198,6 +198,34 @@ def generate_video(seed: int, number: int, frames: int, size: tuple[int, int] = 
     return SynthVideo(out_frames, maps, fix, density)
 
 
+def centre_bias(size: tuple[int, int], sigma: float = 0.25) -> np.ndarray:
+    """The centre-bias baseline: an H×W Gaussian at the image centre, std ``sigma`` × height/width."""
+    h, w = size
+    return _gaussian(h, w, (h - 1) / 2, (w - 1) / 2, sigma * h, sigma * w)
+
+
+def baseline_scores(seed: int = 0, videos: Sequence[int] = (1, 2, 3, 4), frames: int = 24,
+                    size: tuple[int, int] = (96, 128), every: int = 4) -> dict[str, dict[str, float]]:
+    """Mean CC and NSS (``tinyhd.metrics``) against the GT maps/fixations of regenerated synthetic videos for
+    the generating density (the best any model can do on average) and the centre-bias baseline.
+
+    Issue 2, item 7: the centre bias must score clearly below the generating density, so that a model has
+    to use appearance and motion to do well.
+    """
+    from tinyhd import metrics
+
+    prior = centre_bias(size)
+    scores: dict[str, dict[str, list[float]]] = {k: {"CC": [], "NSS": []} for k in ("density", "centre bias")}
+    for n in videos:
+        v = generate_video(seed, n, frames, size)
+        for t in range(0, frames, every):
+            gt, fix = v.maps[t].astype(np.float64) / 255.0, v.fixations[t]
+            for name, pred in (("density", v.density[t]), ("centre bias", prior)):
+                scores[name]["CC"].append(metrics.cc(pred, gt))
+                scores[name]["NSS"].append(metrics.nss(pred, fix))
+    return {name: {m: float(np.mean(vals)) for m, vals in d.items()} for name, d in scores.items()}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # writing datasets
 
@@ -235,7 +263,7 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
     root.mkdir(parents=True, exist_ok=True)
     it = range(1, videos + 1)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         it = tqdm(it, desc="synth dhf1k", unit="video", leave=False)
     for n in it:
@@ -288,7 +316,7 @@ def write_kinetics(root: str | os.PathLike, videos: int = 8, frames: int | Seque
     alphabet = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
     it = range(1, videos + 1)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         it = tqdm(it, desc="synth kinetics", unit="video", leave=False)
     for n in it:
