@@ -516,3 +516,229 @@ def load_official_hd2s(path: str | Path, map_location: str | torch.device = "cpu
         raise CheckpointError(f"{path}: {len(bad)} tensor(s) with the wrong shape, e.g. {bad[:3]}")
     model.load_state_dict(renamed, strict=True)
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Our own checkpoints (the weights in the authors' layout, plus which variant it is)
+# --------------------------------------------------------------------------------------------------------------
+
+VARIANTS = {"HD2S": HD2S, "HD2S_DA": HD2S_DA, "HD2S_DSL": HD2S_DSL}
+
+
+def save_hd2s(model: HD2S, path: str | Path, **extra) -> None:
+    """``{"format": "hd2s", "variant", "config", "model": state dict in the authors' layout, **extra}``, atomic."""
+    from tinyhd.paths import atomic_torch_save
+
+    config = {k: v for k, v in getattr(model, "config", {}).items() if k != "pretrained_backbone"}
+    atomic_torch_save({"format": "hd2s", "variant": type(model).__name__, "config": config,
+                       "model": official_state_dict(model), **extra}, path)
+
+
+def load_hd2s(path: str | Path, map_location: str | torch.device = "cpu") -> HD2S:
+    """Load an HD2S written by :func:`save_hd2s` or, failing that, the authors' bare state dict
+    (:func:`load_official_hd2s`). Strict either way; returns the model in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    if not (isinstance(obj, dict) and obj.get("format") == "hd2s"):
+        return load_official_hd2s(path, map_location)
+    cls = VARIANTS.get(obj.get("variant", ""))
+    if cls is None:
+        raise CheckpointError(f"{path}: unknown HD2S variant {obj.get('variant')!r} (expected one of {list(VARIANTS)})")
+    model = cls(**obj.get("config", {}))
+    ours = model.state_dict()
+    try:
+        sd = {official_key_to_ours(k): v for k, v in obj["model"].items()}
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: unknown key {exc} for {cls.__name__}") from None
+    missing, unexpected = sorted(set(ours) - set(sd)), sorted(set(sd) - set(ours))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: {len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected "
+                              f"key(s) {unexpected[:5]} for {cls.__name__}")
+    bad = [k for k in sd if tuple(sd[k].shape) != tuple(ours[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: wrong shape for {bad[:3]}")
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HD2S as the teacher of a student (TinyHD §3.3, sheet §12)
+# --------------------------------------------------------------------------------------------------------------
+
+WINDOW = 16  # HD2S's clip length
+
+
+def window_indices(frame_index: Sequence[int] | torch.Tensor, clip_len: int = WINDOW) -> torch.Tensor:
+    """For each target frame t, the indices of the ``clip_len`` frames ending at t; before frame 0, frame 0
+    repeats (the padding of :func:`tinyhd.data.clip_frame_indices`, so a MISO clip *is* its window).
+
+    ``len(frame_index)`` × ``clip_len`` int64.
+    """
+    t = torch.as_tensor(frame_index, dtype=torch.int64).view(-1, 1)
+    return (t + torch.arange(-clip_len + 1, 1).view(1, -1)).clamp_min(0)
+
+
+class OnlineTeacher:
+    """The teacher contract on the fly: ``teacher(batch) -> {"final": B×T'×H×W, "conspicuity": B×4×T'×H×W}``.
+
+    For every target frame of the batch (``frame_index``, T' = 1 for MISO, 16 for MIMO) HD2S sees the 16-frame
+    window ending at that frame, at the student's resolution and flipped like the batch (the authors' wrapper
+    feeds the teacher the student's clip, only normalised to [−1, 1]; sheet §12).
+
+    * MISO: the window is the batch's clip itself.
+    * MIMO: the window of target frame j needs the 15 frames before it, and the clip only holds the frames of the
+      clip. With ``frames`` (a callable ``video id -> N×H×W×3 uint8 RGB``, e.g. ``SaliencyClipDataset.frames``)
+      the missing frames are decoded and preprocessed exactly like the clip (``tinyhd.preprocess`` at the clip's
+      size, then the batch's flip): the maps are then identical to :class:`tinyhd.teacher_cache.CachedTeacher`'s.
+      Without it, frames before the clip are padded with the clip's first frame — exact when the clip starts
+      the video (how the data loaders pad), an approximation otherwise. We chose padding as the default so the
+      wrapper works on any batch without touching the disk.
+
+    Conspicuity maps are ordered shallowest first (HD2S levels 2, 3, 4, 5), matching the student's D1 maps
+    (sheet §12: D1 map k ↔ teacher level k+2). Windows are evaluated ``chunk`` at a time, without gradients.
+    """
+
+    def __init__(self, hd2s: HD2S, device: str | torch.device = "cpu", frames=None, chunk: int = 16) -> None:
+        self.model = hd2s.to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = torch.device(device)
+        self.frames = frames
+        self.chunk = int(chunk)
+        self._video: tuple[str, object] | None = None  # last decoded video (MIMO batches revisit videos)
+
+    def _decoded(self, video: str):
+        if self._video is None or self._video[0] != video:
+            self._video = (video, self.frames(video))
+        return self._video[1]
+
+    def _windows(self, clip: torch.Tensor, frame_index: torch.Tensor, video: str | None, flip: bool) -> torch.Tensor:
+        """One sample's windows: T'×3×16×H×W student-normalised clips."""
+        from tinyhd.preprocess import preprocess
+
+        T = clip.shape[1]
+        tgt = frame_index.view(-1).cpu()
+        if len(tgt) == 1:
+            if T != WINDOW:
+                raise ValueError(f"OnlineTeacher: a MISO clip must have {WINDOW} frames, got {T}")
+            return clip.unsqueeze(0)
+        win = window_indices(tgt)                                      # T'×16 video frame indices
+        if self.frames is not None and video is not None:
+            frames = self._decoded(video)
+            uniq, inverse = torch.unique(win.view(-1), return_inverse=True)
+            x = preprocess(frames[uniq.numpy()], tuple(clip.shape[-2:]))  # 3×U×H×W
+            x = x.flip(-1) if flip else x
+            return x[:, inverse.view(win.shape)].permute(1, 0, 2, 3, 4).to(clip)   # T'×3×16×H×W
+        if len(tgt) != T:
+            raise ValueError(f"OnlineTeacher: MIMO targets must be the clip's {T} frames, got {len(tgt)} targets")
+        # no decoder: video frame v sits at the last clip position whose index is <= v; earlier frames -> position 0
+        pos = (torch.searchsorted(tgt, win, right=True) - 1).clamp_min(0)  # T'×16 positions inside the clip
+        return clip[:, pos].permute(1, 0, 2, 3, 4)
+
+    @torch.no_grad()
+    def __call__(self, batch) -> dict[str, torch.Tensor]:
+        from tinyhd.preprocess import student_to_teacher_input
+
+        clip = batch["clip"]                                            # B×3×T×H×W, ImageNet-normalised
+        frame_index = torch.as_tensor(batch["frame_index"]).view(clip.shape[0], -1)
+        videos = batch.get("video") or [None] * clip.shape[0]
+        flips = torch.as_tensor(batch.get("flip", torch.zeros(clip.shape[0], dtype=torch.bool))).view(-1)
+        B, Tp = frame_index.shape
+        wins = torch.cat([self._windows(clip[b], frame_index[b], videos[b], bool(flips[b])) for b in range(B)])
+        finals, consps = [], []
+        for i in range(0, len(wins), self.chunk):
+            out = self.model(student_to_teacher_input(wins[i:i + self.chunk].to(self.device)))
+            finals.append(out.saliency[:, 0])
+            consps.append(out.conspicuity)
+        H, W = clip.shape[-2:]
+        final = torch.cat(finals).view(B, Tp, H, W).float()
+        consp = torch.cat(consps).view(B, Tp, 4, H, W).transpose(1, 2).float()   # B×4×T'×H×W
+        return {"final": final, "conspicuity": consp}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training HD2S (§4.2, sheet §7-8)
+# --------------------------------------------------------------------------------------------------------------
+
+def _stream_item(k: int, n: int, seed: int) -> tuple[int, int]:
+    """The k-th item of an endless stream of shuffled epochs over ``n`` items: (epoch, index)."""
+    epoch = k // n
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return epoch, int(perm[k % n])
+
+
+def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[int] = (128, 192), batch_size: int = 8,
+               accumulation: int = 1, lr: float = 1e-3, weight_decay: float = 2e-7, dataset: str = "dhf1k",
+               seed: int = 0, out_dir: str | Path | None = None, checkpoint_every: int = 100,
+               device: str | torch.device = "cpu", progress: bool = True) -> list[float]:
+    """Train HD2S (or HD2S_DSL on one domain) with the multi-level KL loss (HD2S Eq. 5, sheet §7).
+
+    The authors' recipe (sheet §8): Adam, lr 1e-3, weight decay 2e-7, mini-batches of 8 (16 in the base script)
+    accumulated over 25 (``accumulation``; losses summed, not averaged), 2,500–5,000 optimiser steps, 16×128×192
+    clips whose target is the last frame's GT, random horizontal flips. Clips come from
+    :class:`tinyhd.data.SaliencyClipDataset` (``sampling="random"``) as a stream of shuffled epochs that is a
+    pure function of ``seed``, so a resumed run sees the same clips.
+
+    With ``out_dir``, ``out_dir/last.pt`` (weights in the authors' layout, optimiser, step, losses) is written
+    atomically every ``checkpoint_every`` steps and at the end, and an existing one is resumed. Returns the
+    per-step losses. This loop is separate from :func:`tinyhd.training.train` (the TinyHD trainer); the two
+    share the loss module (:func:`tinyhd.losses.hd2s_multilevel_loss`) but not yet a training loop.
+    """
+    from tqdm.auto import tqdm
+
+    from tinyhd.data import SaliencyClipDataset
+    from tinyhd.losses import hd2s_multilevel_loss
+    from tinyhd.paths import atomic_torch_save
+    from tinyhd.preprocess import student_to_teacher_input
+    from tinyhd.training import collate
+
+    ds = SaliencyClipDataset(data_root, split="train", dataset=dataset, clip_len=WINDOW, size=tuple(size),
+                             output="single", sampling="random", flip=True, seed=seed)
+    if not ds.annotated:
+        raise CheckpointError(f"{data_root}: the train split has no saliency maps to train HD2S on")
+    device = torch.device(device)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses: list[float] = []
+    start = 0
+    last = Path(out_dir) / "last.pt" if out_dir is not None else None
+    if last is not None and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=True)
+        model.load_state_dict({official_key_to_ours(k): v for k, v in state["model"].items()}, strict=True)
+        opt.load_state_dict(state["optimizer"])
+        start, losses = int(state["step"]), list(state["losses"])
+
+    def save(step: int) -> None:
+        if last is not None:
+            atomic_torch_save({"format": "hd2s-train", "model": official_state_dict(model),
+                               "optimizer": opt.state_dict(), "step": step, "losses": losses}, last)
+
+    per_step = batch_size * accumulation
+    bar = tqdm(range(start, steps), desc="HD2S", unit="step", disable=not progress, initial=start, total=steps)
+    for step in bar:
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for a in range(accumulation):
+            items = []
+            for j in range(batch_size):
+                epoch, i = _stream_item(step * per_step + a * batch_size + j, len(ds), seed)
+                ds.set_epoch(epoch)
+                items.append(ds[i])
+            batch = collate(items)
+            out = model(student_to_teacher_input(batch["clip"].to(device)))   # HD2S input is [−1, 1]
+            loss = hd2s_multilevel_loss(out.saliency, out.conspicuity, batch["saliency"][:, -1].to(device))
+            loss.backward()  # accumulated: the authors sum the mini-batch losses
+            total += loss.item()
+        opt.step()
+        losses.append(total)
+        bar.set_postfix(loss=f"{total:.3f}")
+        if (step + 1) % checkpoint_every == 0:
+            save(step + 1)
+    save(steps)
+    model.eval()
+    return losses
