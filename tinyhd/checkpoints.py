@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -78,11 +77,14 @@ def _torch_load(path: Path, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused to load: the pickle contains objects other than tensors and "
-                              f"plain containers (it could run code): {str(exc).splitlines()[0]}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {msg}") from exc
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        detail = f"it references {found.group(1)}" if found else str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors and plain "
+                              f"containers, which could run code ({detail})") from exc
+    except Exception as exc:  # truncated zip, text file, wrong magic number, ...
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {msg}") from exc
 
 
 def _describe(obj: Any) -> str:
@@ -93,9 +95,10 @@ def _describe(obj: Any) -> str:
         if tensor_keys:
             prefixes = sorted({str(k).split(".")[0] for k in tensor_keys})
             hint = ""
-            if any(str(k).startswith(("module.", "backbone.", "decoder.", "upsampling", "s3d")) for k in keys) and \
-                    not any(str(k).startswith("encoder.encoder.") for k in keys):
-                hint = " (looks like another architecture, e.g. an HD2S/S3D state dict: load it with tinyhd.load_official_hd2s)"
+            if any(str(k).startswith(("featureExtractor.", "module.featureExtractor.")) for k in tensor_keys):
+                hint = " (looks like an HD2S teacher state dict: load it with tinyhd.load_official_hd2s)"
+            elif any(str(k).startswith("encoder.features.") for k in tensor_keys):
+                hint = " (looks like a bare TinyHD state dict from this package: save models with save_checkpoint)"
             return f"a state dict of {len(tensor_keys)} tensors with top-level prefixes {prefixes[:8]}{hint}"
         return f"a dict with keys {[str(k) for k in keys[:10]]}"
     return f"a {type(obj).__name__}"

@@ -204,8 +204,8 @@ class MobileNetV2Encoder3d(nn.Module):
         reduction: channel reduction 1, 2 or 4 (paper §3.3.2).
         config: "S" (every decoder single-output) or "M" (released TinyHD-M): the temporal config
             :data:`ENCODER_TEMPORAL` of the stem/depthwise convs.
-        pretrained: inflate torchvision's ImageNet MobileNetV2 (only the ×1 widths exist; for ×½/×¼ use
-            ``tinyhd.reduce_channels`` on a ×1 model, paper §3.3.2).
+        pretrained: inflate torchvision's ImageNet MobileNetV2; at ×½/×¼ its kernels are first averaged down
+            to the reduced widths (paper §3.3.2, ``tinyhd.reduction.reduce_state_dict``).
 
     Attributes readable by other modules: ``temporal`` (feature index → (kt, st, pt)), ``block_channels``,
     ``feature_channels`` (output channels of features 0..18).
@@ -215,13 +215,19 @@ class MobileNetV2Encoder3d(nn.Module):
         super().__init__()
         if config not in ENCODER_TEMPORAL:
             raise ValueError(f"encoder config must be 'S' or 'M', got {config!r}")
-        if pretrained and reduction != 1:
-            raise ValueError("ImageNet weights exist for the ×1 MobileNetV2 only; build reduction=1 with "
-                             "pretrained_backbone=True and apply tinyhd.reduce_channels")
         self.reduction = reduction
         self.config = config
         self.temporal: dict[int, Temporal] = dict(ENCODER_TEMPORAL[config])
-        features2d = imagenet_mobilenet_v2_features() if pretrained else mobilenet_v2_features_2d(reduction)
+        features2d = mobilenet_v2_features_2d(reduction)
+        if pretrained:
+            imagenet = imagenet_mobilenet_v2_features()
+            if reduction == 1:
+                features2d = imagenet
+            else:  # kernel averaging of the ImageNet weights down to the reduced widths (paper §3.3.2)
+                from tinyhd.reduction import reduce_state_dict
+
+                averaged = reduce_state_dict(imagenet.state_dict(), features2d.state_dict())
+                features2d.load_state_dict(averaged, strict=False)
         names = {spatial_conv_name(features2d, i): tkp for i, tkp in self.temporal.items()}
         self.features = inflate_2d_to_3d(features2d, names)
         self.feature_channels: list[int] = [_out_channels(layer) for layer in self.features]

@@ -1,0 +1,166 @@
+"""Checkpoint I/O: the authors' layout (strict port, variant inference), our format, clear refusals."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinyhd
+from tinyhd.checkpoints import load_checkpoint, load_official_checkpoint, our_key_to_official, save_checkpoint
+from tinyhd.errors import CheckpointError
+from tinyhd.model import TinyHD
+
+torch.set_num_threads(1)
+
+
+def official_dict(model: TinyHD) -> dict[str, torch.Tensor]:
+    return {our_key_to_official(k): v.clone() for k, v in model.state_dict().items()}
+
+
+def randomise(model: TinyHD, seed: int = 0) -> TinyHD:
+    """Non-default values everywhere (including BN running stats), so a wrong mapping shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(torch.rand(v.shape, generator=g) + 0.5 if "running_var" in k else
+                        torch.randn(v.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def clip() -> torch.Tensor:
+    return torch.randn(1, 3, 16, 64, 96, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("output", ["single", "multi"])
+def test_official_layout_round_trip_infers_the_variant(tmp_path: Path, clip: torch.Tensor, output: str) -> None:
+    model = randomise(TinyHD(output=output, reduction=4))
+    path = tmp_path / "official.pth"
+    torch.save({"student_model": official_dict(model)}, path)
+    loaded = load_official_checkpoint(path)
+    assert loaded.config["output"] == output and loaded.config["reduction"] == 4
+    assert loaded.config["fusion_order"] == "default"
+    with torch.no_grad():
+        assert torch.equal(loaded(clip).saliency, model(clip).saliency)
+    # load_checkpoint dispatches the authors' format too
+    assert load_checkpoint(path).config == loaded.config
+
+
+def test_multi_at_reduction_1_is_d1_last(tmp_path: Path) -> None:
+    model = TinyHD(output="multi", reduction=1)
+    path = tmp_path / "m1.pth"
+    torch.save({"student_model": official_dict(model)}, path)
+    loaded = load_official_checkpoint(path)
+    assert loaded.config["reduction"] == 1 and loaded.config["fusion_order"] == "d1_last"
+
+
+def test_missing_key_is_named(tmp_path: Path) -> None:
+    sd = official_dict(TinyHD("single", reduction=4))
+    del sd["aggregator.aggregate_adapter.20.conv.1.0.weight"]
+    path = tmp_path / "missing.pth"
+    torch.save({"student_model": sd}, path)
+    with pytest.raises(CheckpointError, match=r"missing\.pth.*1 missing key.*aggregate_adapter\.20\.conv\.1\.0\.weight"):
+        load_official_checkpoint(path)
+
+
+def test_unexpected_key_is_named(tmp_path: Path) -> None:
+    sd = official_dict(TinyHD("single", reduction=4))
+    sd["aggregator.aggregate_adapter.37.conv.2.weight"] = torch.zeros(1)
+    path = tmp_path / "extra.pth"
+    torch.save({"student_model": sd}, path)
+    with pytest.raises(CheckpointError, match=r"unexpected key.*aggregate_adapter\.37"):
+        load_official_checkpoint(path)
+
+
+def test_wrong_shape_is_named(tmp_path: Path) -> None:
+    sd = official_dict(TinyHD("single", reduction=4))
+    sd["aggregator.aggregate_adapter.5.conv.2.weight"] = torch.zeros(55, 28, 1, 1, 1)
+    path = tmp_path / "shape.pth"
+    torch.save({"student_model": sd}, path)
+    with pytest.raises(CheckpointError, match=r"shape\.pth: aggregator\.aggregate_adapter\.5\.conv\.2\.weight has shape \(55, 28"):
+        load_official_checkpoint(path)
+
+
+def test_hd2s_like_dict_is_refused(tmp_path: Path) -> None:
+    sd = {"featureExtractor.block1.0.conv_s.weight": torch.zeros(64, 3, 1, 7, 7),
+          "decoder2.0.weight": torch.zeros(4), "last_conv.weight": torch.zeros(1, 4, 1, 1)}
+    path = tmp_path / "hd2s.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"hd2s\.pth: not a TinyHD checkpoint.*featureExtractor.*HD2S"):
+        load_checkpoint(path)
+    torch.save({"student_model": sd}, path)
+    with pytest.raises(CheckpointError, match=r"missing key 'encoder\.encoder\.0\.0\.weight'"):
+        load_official_checkpoint(path)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"hello, not a checkpoint", "not a readable PyTorch checkpoint"),
+    (None, "truncated"),
+])
+def test_unreadable_files_are_refused(tmp_path: Path, content: bytes | None, match: str) -> None:
+    path = tmp_path / "bad.pth"
+    if content is None:  # a real checkpoint cut short
+        good = tmp_path / "good.pth"
+        save_checkpoint(TinyHD("single", reduction=4), good)
+        content = good.read_bytes()[:4000]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_not_a_file_and_absent(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a file"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_official_checkpoint(tmp_path / "nope.pth")
+
+
+class _Payload:
+    def __reduce__(self):  # what a malicious pickle would do; never executed by weights_only loading
+        return (print, ("this must not run",))
+
+
+def test_code_carrying_pickle_is_refused(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"student_model": _Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pth: refused to load.*could run code.*print"):
+        load_official_checkpoint(path)
+    assert "must not run" not in capsys.readouterr().out
+
+
+def test_random_dict_is_described(tmp_path: Path) -> None:
+    path = tmp_path / "dict.pth"
+    torch.save({"epoch": 3, "lr": 0.1}, path)
+    with pytest.raises(CheckpointError, match=r"dict\.pth: not a TinyHD checkpoint.*\['epoch', 'lr'\]"):
+        load_checkpoint(path)
+
+
+def test_save_load_round_trip(tmp_path: Path, clip: torch.Tensor) -> None:
+    model = randomise(TinyHD("multi", decoders=("d2", "d3"), reduction=4), seed=3)
+    path = tmp_path / "sub" / "ours.pt"
+    save_checkpoint(model, path, epoch=7)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "tinyhd" and raw["epoch"] == 7 and raw["config"] == model.config
+    assert [p.name for p in path.parent.iterdir()] == ["ours.pt"]  # no temporary left behind
+    loaded = tinyhd.load_checkpoint(path)
+    assert loaded.config == model.config and not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(clip).saliency, model(clip).saliency)
+
+
+def test_training_style_checkpoint(tmp_path: Path) -> None:
+    model = TinyHD("single", reduction=4)
+    path = tmp_path / "last.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": dict(model.config), "lr": 0.01},
+                "optimizer": {}, "epoch": 1}, path)
+    assert load_checkpoint(path).config == model.config
+
+
+def test_own_format_with_mismatched_weights(tmp_path: Path) -> None:
+    model = TinyHD("single", reduction=4)
+    path = tmp_path / "mismatch.pt"
+    torch.save({"format": "tinyhd", "config": dict(model.config, reduction=2), "model": model.state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"mismatch\.pt: .*shape"):
+        load_checkpoint(path)
