@@ -107,3 +107,5 @@ def test_odd_sizes_are_refused_by_the_writer_not_cropped(tmp_path):
     with pytest.raises(ValueError, match=r"odd\.avi: video frames must have an even height and width.*97×131"):
         write_video(tmp_path / "odd.avi", np.zeros((2, 97, 131, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+    padded = read_video(write_video(tmp_path / "pad.avi", np.full((2, 97, 131, 3), 128, np.uint8), pad_odd=True))
+    assert padded.shape == (2, 98, 132, 3) and abs(int(padded[0, 97, 131, 0]) - 128) <= 3

@@ -210,11 +210,13 @@ def _read_file(path: Path, start: int, stop: int | None) -> np.ndarray:
     return np.stack(frames)
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, fourcc: str = "MJPG") -> Path:
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, fourcc: str = "MJPG",
+                pad_odd: bool = False) -> Path:
     """Write N×H×W×3 uint8 RGB frames (or N×H×W gray) atomically: temporary name, then rename.
 
     MJPG in ``.avi`` is available in every OpenCV build; ``mp4v`` in ``.mp4`` works with the FFMPEG backend.
-    Height and width must be even (OpenCV's writers would crop odd sizes silently).
+    Height and width must be even (OpenCV's writers would crop odd sizes silently): odd sizes raise
+    ``ValueError``, or with ``pad_odd=True`` (e.g. for overlay videos) get one replicated row/column added.
     """
     cv2 = _cv2()
     path = Path(path)
@@ -223,6 +225,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
         frames = np.repeat(frames[..., None], 3, axis=3)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"write_video expects N×H×W×3 uint8 frames, got {frames.shape} {frames.dtype}")
+    if pad_odd and (frames.shape[1] % 2 or frames.shape[2] % 2):
+        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         # OpenCV's FFMPEG writers silently crop odd sizes to even ones; refuse rather than change the size
         raise ValueError(f"{path}: video frames must have an even height and width to be written "
