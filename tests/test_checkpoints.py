@@ -164,3 +164,86 @@ def test_own_format_with_mismatched_weights(tmp_path: Path) -> None:
     torch.save({"format": "tinyhd", "config": dict(model.config, reduction=2), "model": model.state_dict()}, path)
     with pytest.raises(CheckpointError, match=r"mismatch\.pt: .*shape"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------ weights registry (no network)
+from tinyhd import weights  # noqa: E402
+from tinyhd.errors import UserError  # noqa: E402
+
+FIXTURE_SHA256 = "53e8a306d3e260f6c236e99694bec5852ee208b21d816d93a2918c1828771958"
+FIXTURE_GIT_BLOB = "e87c128c9f2116017e940b9bff3a7633f7add22b"
+
+
+def test_registry_lists_the_eight_released_files() -> None:
+    reg = weights.registry()
+    assert len(reg) == 8
+    assert reg["d1d2d3_M_lt.pth"].variant == {"output": "multi", "reduction": 1, "fusion_order": "d1_last"}
+    assert reg["d123m_rc4_rc1T.pth"].url.endswith("/weights/d123m_rc4_rc1T.pth")
+    assert all(len(e.git_blob) == 40 for e in reg.values())
+
+
+def test_git_blob_id_is_what_git_hash_object_prints(tmp_path: Path) -> None:
+    path = tmp_path / "hello.txt"
+    path.write_bytes(b"hello\n")
+    assert weights.file_hashes(path)["git_blob"] == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_verify_the_fixture_checkpoint(official_dir: Path) -> None:
+    path = official_dir / "d123m_rc4_rc1T.pth"
+    assert weights.file_hashes(path) == {"sha256": FIXTURE_SHA256, "git_blob": FIXTURE_GIT_BLOB}
+    assert weights.verify(path).name == "d123m_rc4_rc1T.pth"
+    with pytest.raises(CheckpointError, match="does not match the released d123s_rc4_rc1T.pth"):
+        weights.verify(path, "d123s_rc4_rc1T.pth")
+
+
+def test_verify_refuses_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"other\.pth: not one of the authors' released checkpoints"):
+        weights.verify(path)
+
+
+class _FakeResponse:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.headers = data, {"Content-Length": str(len(data))}
+
+    def read(self, n: int) -> bytes:
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def test_download_is_verified_and_atomic(official_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    good = (official_dir / "d123m_rc4_rc1T.pth").read_bytes()
+    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(good[:-1] + b"x"))
+    with pytest.raises(CheckpointError, match="does not match the registry"):
+        weights.download("d123m_rc4_rc1T.pth", tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written or unverified is left
+    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(good))
+    path = weights.download("d123m_rc4_rc1T.pth", tmp_path)
+    assert path == tmp_path / "d123m_rc4_rc1T.pth" and path.read_bytes() == good
+
+
+def test_download_offline_is_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    def offline(url, timeout):
+        raise weights.urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    from tinyhd.cli import main
+
+    assert main(["weights", "download", "d123s_rc4_rc1T.pth", "--dest", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not download d123s_rc4_rc1T.pth" in err[0] and "offline" in err[0]
+    with pytest.raises(UserError, match="not a released checkpoint"):
+        weights.download("nope.pth", tmp_path)
+
+
+def test_weights_cli_list(capsys) -> None:
+    assert weights.cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 8 and "d123m_rc4_rc1T.pth" in out and "UCF-Sports" in out
