@@ -18,13 +18,13 @@ from tinyhd.synth import ensure_synthetic
 
 
 def measure(ds: SaliencyClipDataset, workers: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0)
+    # one loader per epoch, as a trainer does: workers copy the dataset (and its epoch) when iteration
+    # starts, so persistent workers would not see set_epoch. Worker start-up is part of the figure.
     clips = 0
-    next(iter(loader))  # warm-up: worker start-up, first decodes
     start = time.perf_counter()
     for epoch in range(epochs):
         ds.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers)
         for batch in loader:
             clips += batch["clip"].shape[0]
     return clips / (time.perf_counter() - start), clips

@@ -249,3 +249,42 @@ def test_bad_input_names_the_problem(tree, tmp_path):
         SaliencyClipDataset(empty, dataset=None)
     with pytest.raises(DataError, match="video/001.AVI: missing video"):
         SaliencyClipDataset(empty, dataset="dhf1k", split="train")
+
+
+def test_unannotated_split_gives_zero_targets(tree, tmp_path):
+    """Like DHF1K's test split (701-1000): videos without annotations load with has_sal False."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "noann"
+    shutil.copytree(tree, root)
+    raw = yaml.safe_load((root / "manifest.yaml").read_text())
+    raw["splits"]["test"]["annotated"] = False
+    (root / "manifest.yaml").write_text(yaml.safe_dump(raw))
+    ds = _ds(root, split="test", output="multi")
+    item = ds[0]
+    assert not bool(item["has_sal"]) and item["saliency"].shape == (16, *SIZE) and not item["saliency"].any()
+    assert int(item["frame_index"][-1]) <= 17  # 18 frames, counted from the video header
+    with pytest.raises(UserError, match="no annotations"):
+        ds.ground_truth("003")
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    given = None
+
+if given is not None:
+    @settings(max_examples=40, deadline=None)
+    @given(h=st.integers(8, 120), w=st.integers(8, 120), oh=st.integers(4, 96), ow=st.integers(4, 96),
+           seed=st.integers(0, 2**16))
+    def test_resized_fixations_keep_every_fixation(h, w, oh, ow, seed):
+        rng = np.random.default_rng(seed)
+        fix = rng.random((1, h, w)) < 0.02
+        out = resize_fixations(fix, (oh, ow))
+        ys, xs = np.nonzero(fix[0])
+        assert out.shape == (1, oh, ow)
+        assert all(out[0, (y * oh) // h, (x * ow) // w] == 1 for y, x in zip(ys, xs))
+        assert int(out.sum()) == len({((y * oh) // h, (x * ow) // w) for y, x in zip(ys, xs)})

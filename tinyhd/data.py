@@ -136,7 +136,11 @@ class _ClipDatasetBase(Dataset):
 
     # -- epoch and clip placement -------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Random clips and flips are a pure function of (seed, epoch, index)."""
+        """Random clips and flips are a pure function of (seed, epoch, index).
+
+        Call it before iterating a DataLoader: worker processes copy the dataset when iteration starts, so
+        ``persistent_workers=True`` loaders keep the epoch they started with.
+        """
         self.epoch = int(epoch)
 
     def _rng(self, index: int) -> np.random.Generator:
