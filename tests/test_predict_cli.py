@@ -1,0 +1,192 @@
+"""``tinyhd predict``: PNG maps and the overlay video for tiny videos written here, and one clear error line
+(non-zero exit, no traceback) for every kind of bad input."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import tinyhd
+from tinyhd.cli import main as cli
+from tinyhd.video import write_image, write_video
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A small random TinyHD-M ×¼ checkpoint in our format."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_m_rc4.pt"
+    tinyhd.save_checkpoint(tinyhd.TinyHD(output="multi", reduction=4), path)
+    return path
+
+
+@pytest.fixture()
+def avi(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(10, 48, 64, 3), dtype=np.uint8)
+    return write_video(tmp_path / "clip.avi", frames, fps=25.0, fourcc="MJPG")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TINYHD_DEBUG="")
+    env.pop("TINYHD_DEBUG")
+    return subprocess.run([sys.executable, "-m", "tinyhd", "predict", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _pngs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.png"))
+
+
+# ------------------------------------------------------------------------------------------------------
+# success paths (subprocess, as a user runs it)
+# ------------------------------------------------------------------------------------------------------
+def test_predict_video_file_with_overlay(tmp_path, avi, ckpt):
+    out = tmp_path / "maps"
+    r = _run(str(avi), "--checkpoint", str(ckpt), "--out", str(out), "--overlay", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in _pngs(out)] == [f"{k:04d}.png" for k in range(1, 11)]  # 1-based, like generate.py
+    m = cv2.imread(str(out / "0001.png"), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (48, 64) and m.dtype == np.uint8 and m.max() > m.min()
+    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
+    n = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        assert frame.shape == (48, 64, 3)
+        n += 1
+    cap.release()
+    assert n == 10
+    # the PNGs are exactly predict_video's maps ×255
+    model = tinyhd.load_checkpoint(ckpt)
+    maps = tinyhd.predict_video(model, avi, progress=False)
+    assert np.array_equal(np.round(maps[0] * 255).astype(np.uint8), m)
+
+
+def test_predict_grayscale_odd_sized_frame_folder(tmp_path, ckpt):
+    rng = np.random.default_rng(1)
+    for k in range(7):  # short (< 16 frames), grayscale, odd size
+        write_image(tmp_path / "frames" / f"frame{k + 1}.png", rng.integers(0, 256, (37, 53), dtype=np.uint8))
+    out = tmp_path / "out"
+    # in-process through the same dispatcher (a second interpreter start costs more than the run)
+    assert cli(["predict", str(tmp_path / "frames"), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    pngs = _pngs(out)
+    assert len(pngs) == 7
+    assert cv2.imread(str(pngs[-1]), cv2.IMREAD_UNCHANGED).shape == (37, 53)
+
+
+def test_bad_checkpoint_via_subprocess_is_one_line(tmp_path, avi):
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"\x00not a checkpoint" * 10)
+    r = _run(str(avi), "--checkpoint", str(bad), "--out", str(tmp_path / "o"))
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0]
+
+
+# ------------------------------------------------------------------------------------------------------
+# bad input: one line naming the culprit, exit 2 (in-process through the same dispatcher)
+# ------------------------------------------------------------------------------------------------------
+def _fails(capsys, argv, culprit, *words):
+    rc = cli(["predict", *argv, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert str(culprit) in lines[0], lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_empty_and_non_video_files(tmp_path, ckpt, capsys):
+    out = str(tmp_path / "o")
+    missing = tmp_path / "nope.avi"
+    _fails(capsys, [str(missing), "--checkpoint", str(ckpt), "--out", out], missing, "no such")
+    empty = tmp_path / "empty.avi"
+    empty.write_bytes(b"")
+    _fails(capsys, [str(empty), "--checkpoint", str(ckpt), "--out", out], empty, "empty")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    _fails(capsys, [str(text), "--checkpoint", str(ckpt), "--out", out], text)
+    empty_dir = tmp_path / "noframes"
+    empty_dir.mkdir()
+    _fails(capsys, [str(empty_dir), "--checkpoint", str(ckpt), "--out", out], empty_dir)
+    assert not (tmp_path / "o").exists() or not _pngs(tmp_path / "o")
+
+
+def test_truncated_video(tmp_path, avi, ckpt, capsys):
+    data = avi.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    _fails(capsys, [str(cut), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")], cut, "truncated")
+
+
+def test_unreadable_missing_and_foreign_checkpoints(tmp_path, avi, capsys):
+    out = str(tmp_path / "o")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(os.urandom(256))
+    _fails(capsys, [str(avi), "--checkpoint", str(garbage), "--out", out], garbage)
+    missing = tmp_path / "missing.pth"
+    _fails(capsys, [str(avi), "--checkpoint", str(missing), "--out", out], missing, "no such")
+    foreign = tmp_path / "linear.pth"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), foreign)  # another architecture's weights
+    _fails(capsys, [str(avi), "--checkpoint", str(foreign), "--out", out], foreign)
+    other_cfg = tmp_path / "wrong_shapes.pt"
+    m = tinyhd.TinyHD(output="multi", reduction=4)
+    state = m.state_dict()
+    tinyhd.save_checkpoint(tinyhd.TinyHD(output="multi", reduction=2), other_cfg)
+    obj = torch.load(other_cfg, weights_only=True)
+    obj["config"] = dict(m.config)  # config says ×¼ but the tensors are ×½
+    torch.save(obj, other_cfg)
+    _fails(capsys, [str(avi), "--checkpoint", str(other_cfg), "--out", out], other_cfg)
+    assert state  # the ×¼ model was built
+
+
+class _Evil:
+    """Unpickling this object would create the file at ``target`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_code_running_pickle_is_refused(tmp_path, avi, capsys):
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "tinyhd", "config": {}, "model": _Evil(marker)}, evil)
+    line = _fails(capsys, [str(avi), "--checkpoint", str(evil), "--out", str(tmp_path / "o")], evil, "refused")
+    assert "open" in line
+    assert not marker.exists()
+    # the payload is real: an unsafe load would have run it
+    control = tmp_path / "control.txt"
+    torch.save({"model": _Evil(control)}, tmp_path / "control.pth")
+    torch.load(tmp_path / "control.pth", weights_only=False)
+    assert control.exists()
+
+
+def test_output_path_that_is_a_file(tmp_path, avi, ckpt, capsys):
+    target = tmp_path / "maps.txt"
+    target.write_text("keep me")
+    _fails(capsys, [str(avi), "--checkpoint", str(ckpt), "--out", str(target)], target, "folder")
+    assert target.read_text() == "keep me"
+
+
+def test_help_documents_frame_naming(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["predict", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "%04d.png" in text and "1-based" in text and "--overlay" in text
