@@ -288,3 +288,17 @@ if given is not None:
         assert out.shape == (1, oh, ow)
         assert all(out[0, (y * oh) // h, (x * ow) // w] == 1 for y, x in zip(ys, xs))
         assert int(out.sum()) == len({((y * oh) // h, (x * ow) // w) for y, x in zip(ys, xs)})
+
+
+def test_video_shorter_than_its_maps_warns_and_clamps(tree, tmp_path):
+    import shutil
+
+    root = tmp_path / "extra"
+    shutil.copytree(tree, root)
+    for sub in ("maps", "fixation"):  # a 21st map for a 20-frame video
+        shutil.copy(root / f"annotation/0001/{sub}/0020.png", root / f"annotation/0001/{sub}/0021.png")
+    ds = _ds(root, split="train", sampling="all", flip=False)
+    assert len(ds) == 6
+    with pytest.warns(UserWarning, match=r"001\.AVI: 20 frames decode but .*0001/maps has 21 maps"):
+        last = ds[5]
+    assert int(last["frame_index"][-1]) == 19

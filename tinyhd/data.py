@@ -20,6 +20,8 @@ Choices of ours, documented here because the sources are silent:
   fixation never vanishes when the map shrinks (two may merge into one pixel). GT maps are resized like
   the frames (bilinear, ``antialias=False``) and clamped to [0, 1].
 * **Grayscale** videos are replicated to three channels; odd frame sizes (e.g. 97×131) are simply resized.
+* A video that decodes to fewer frames than it has maps is used up to its last frame, with a warning
+  naming the file (``tinyhd verify-data`` lists such videos).
 * Whole decoded videos are kept in a small per-worker LRU cache when they are small (the synthetic sets);
   large ones are decoded from the start up to the clip's last frame on each access (frame-exact).
 """
@@ -262,6 +264,21 @@ class SaliencyClipDataset(_ClipDatasetBase):
                 raise DataError(f"{e.source}: video has no frames")
         return self._n[v]
 
+    def _shorter_video(self, v: int) -> int:
+        """The video decodes to fewer frames than it has maps: clamp to what both have, with a warning."""
+        import warnings
+
+        from tinyhd.video import count_frames
+
+        e = self.entries[v]
+        n = count_frames(e.source)
+        if n < 1 or n >= self._num_frames(v):
+            raise DataError(f"{e.source}: cannot decode the frames its {self._num_frames(v)} maps need")
+        warnings.warn(f"{e.source}: {n} frames decode but {e.maps} has {self._num_frames(v)} maps; "
+                      f"using the first {n} (run `tinyhd verify-data` on {self.root})", stacklevel=3)
+        self._n[v] = n
+        return n
+
     def ground_truth(self, video: str) -> VideoGT:
         """A video's maps (float [0, 1]) and fixations (bool) at full resolution, every frame."""
         v, e = self._entry(video)
@@ -282,7 +299,13 @@ class SaliencyClipDataset(_ClipDatasetBase):
         v, end, flip = self._place(index)
         e = self.entries[v]
         idx = clip_frame_indices(end, self.clip_len)
-        clip = self._clip(e, idx, self._n.get(v), flip)
+        try:
+            clip = self._clip(e, idx, self._n.get(v), flip)
+        except DataError:
+            # fewer decodable frames than GT maps: warn once, then use the frames both have
+            n = self._shorter_video(v)
+            idx = clip_frame_indices(min(end, n - 1), self.clip_len)
+            clip = self._clip(e, idx, n, flip)
         tgt = self._target_indices(idx)
         h, w = clip.shape[-2:]
         if self.annotated:

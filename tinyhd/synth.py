@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from tinyhd.errors import UserError
+from tinyhd.paths import atomic_write_text
 
 GENERATOR_VERSION = 1  # bump when the pictures change: it is part of the cache path
 FPS = 30.0
@@ -251,6 +252,9 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
                 progress: bool = True, gray: Sequence[int] = ()) -> Path:
     """Write a DHF1K-layout dataset into the (new or empty) folder ``root`` with its ``manifest.yaml``.
 
+    The manifest is written last, so a folder without one is unfinished; ``build``/``ensure_synthetic``
+    add the all-or-nothing rename around this.
+
     ``frames`` may list one count per video (to include short videos); videos whose number is in ``gray``
     are written as grey-level frames (3 equal channels), to exercise the loaders.
     """
@@ -295,7 +299,7 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
         "splits": {k: {"range": list(r), "count": r[1] - r[0] + 1, "annotated": True} for k, r in splits.items()},
         "frames": {f"{n:03d}": counts[n - 1] for n in range(1, videos + 1)},
     }
-    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    atomic_write_text(root / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))  # written last
     return root
 
 
@@ -338,7 +342,7 @@ def write_kinetics(root: str | os.PathLike, videos: int = 8, frames: int | Seque
         "layout": {"source": None},
         "splits": {"train": {"dir": "train_256", "count": videos, "classes": n_cls, "annotated": False}},
     }
-    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    atomic_write_text(root / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))  # written last
     return root
 
 
