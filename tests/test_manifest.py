@@ -77,6 +77,10 @@ def test_verify_good_tree_passes(good_tree, capsys):
     for manifest in (str(good_tree / "manifest.yaml"), str(good_tree)):
         code, lines, _ = _run("verify-data", manifest, str(good_tree), capsys=capsys)
         assert code == 0 and lines[-1].startswith("OK:") and "no problems" in lines[-1]
+    code, lines, _ = _run("verify-data", str(good_tree), capsys=capsys)  # ROOT defaults to the dataset folder
+    assert code == 0 and lines[-1].startswith("OK:")
+    code, _, err = _run("verify-data", "dhf1k", capsys=capsys)
+    assert code == 2 and "give ROOT" in err
 
 
 def test_verify_lists_every_problem(broken_copy, capsys):

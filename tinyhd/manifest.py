@@ -457,12 +457,17 @@ def cli_main(argv: list[str]) -> int:
         "MANIFEST is a .yaml path, a folder holding manifest.yaml, or a short name (dhf1k, ucf, hollywood2, "
         "kinetics)."))
     parser.add_argument("manifest")
-    parser.add_argument("root")
+    parser.add_argument("root", nargs="?", help="dataset folder (default: MANIFEST itself when it is a dataset "
+                                                "folder holding its own manifest.yaml)")
     parser.add_argument("--split", action="append", help="check only this split (repeatable)")
     parser.add_argument("--variant", help="layout variant (default: detected from what is on disk)")
     parser.add_argument("--quick", action="store_true",
                         help="trust container frame counts and only list images (no full decode)")
     args = parser.parse_args(argv)
+    if args.root is None:
+        if not (Path(args.manifest).expanduser() / "manifest.yaml").is_file():
+            raise UserError(f"{args.manifest}: give ROOT, or a dataset folder that holds its own manifest.yaml")
+        args.root = args.manifest
     root = Path(args.root).expanduser()
     if not root.exists():
         raise DataError(f"{root}: dataset folder does not exist")
