@@ -249,51 +249,78 @@ _CACHED: dict[Path, CachedTeacher] = {}
 REDUCED_VERSION = 1  # bump when the recipe below changes: it is part of the cache key
 
 
+def _key_name(prefix: str, size: Sequence[int], fields: dict) -> tuple[str, str]:
+    key = json.dumps({**fields, "size": list(size), "version": REDUCED_VERSION}, sort_keys=True)
+    return key, f"{prefix}_{size[0]}x{size[1]}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _build_once(final: Path, key: str, build) -> Path:
+    """Create ``final`` atomically with ``build(tmp)``; if another process wins the race, use its copy."""
+    if (final / "key.json").is_file():
+        return final
+    try:
+        with atomic_directory(final) as tmp:
+            build(tmp)
+            atomic_write_text(tmp / "key.json", key)
+    except (FileExistsError, OSError) as exc:
+        if (final / "key.json").is_file():
+            return final
+        raise UserError(f"{final}: could not be created ({exc})") from exc
+    return final
+
+
+def ensure_reduced_hd2s(data_root: str | os.PathLike | None = None, size: Sequence[int] = (64, 96), steps: int = 30,
+                        batch_size: int = 2, seed: int = 0, progress: bool = True) -> Path:
+    """The checkpoint of a small-budget HD2S trained from scratch on ``data_root``'s train split (cached).
+
+    ``steps`` Adam steps (lr 1e-3, weight decay 2e-7, the multi-level KL of HD2S Eq. 5) at ``size``; no Kinetics
+    initialisation (offline). ``None`` means the synthetic DHF1K-layout set. Keyed by the arguments under
+    ``cache_dir()/teachers/`` and created atomically (two racing processes: the loser uses the winner's).
+    """
+    from tinyhd.synth import ensure_synthetic
+    from tinyhd.teacher import HD2S, save_hd2s, train_hd2s
+
+    data_root = Path(data_root) if data_root is not None else ensure_synthetic("dhf1k", progress=progress)
+    key, name = _key_name("hd2s", size, {"data": str(data_root.resolve()), "steps": steps, "batch": batch_size,
+                                         "seed": seed})
+
+    def build(tmp: Path) -> None:
+        torch.manual_seed(seed)
+        model = HD2S(pretrained_backbone=False)
+        train_hd2s(model, data_root, steps=steps, size=size, batch_size=batch_size, seed=seed,
+                   out_dir=tmp / "train", progress=progress)
+        save_hd2s(model, tmp / "hd2s.pt", steps=steps, data_root=str(data_root))
+
+    return _build_once(cache_dir() / "teachers" / name, key, build) / "hd2s.pt"
+
+
 def ensure_reduced_teacher(data_root: str | os.PathLike | None = None, aux_root: str | os.PathLike | None = None,
                            size: Sequence[int] = (64, 96), steps: int = 30, batch_size: int = 2, seed: int = 0,
                            aux_videos: int | None = 4, progress: bool = True) -> ReducedTeacher:
-    """A small-budget HD2S trained from scratch on a (synthetic) labeled set, and its teacher-map cache.
+    """A small-budget HD2S (:func:`ensure_reduced_hd2s`) and its teacher-map cache, built once.
 
-    This is the reduced-scale stand-in for the authors' DHF1K-trained HD2S (no Kinetics weights offline, no GPU):
-    ``steps`` Adam steps (lr 1e-3, weight decay 2e-7, the multi-level KL of HD2S Eq. 5) on ``data_root``'s train
-    split at ``size``, then :func:`build_teacher_cache` over that split and over ``aux_videos`` videos of
-    ``aux_root`` (the unlabeled auxiliary set). ``None`` roots mean the synthetic sets of
-    :func:`tinyhd.synth.ensure_synthetic`.
-
-    Created once under ``tinyhd.paths.cache_dir()/teachers/`` keyed by the arguments, atomically: when two
-    processes race, the loser discards its copy and uses the winner's. Returns ``(checkpoint, cache)``.
+    The reduced-scale stand-in for the authors' DHF1K-trained HD2S (no Kinetics weights offline, no GPU): the
+    cache covers ``data_root``'s train split and the first ``aux_videos`` videos of ``aux_root`` (the unlabeled
+    auxiliary set); ``None`` roots mean the synthetic sets of :func:`tinyhd.synth.ensure_synthetic`. Both the
+    checkpoint and the cache are keyed by the arguments under ``cache_dir()/teachers/`` and created atomically.
+    Returns ``(checkpoint, cache)``; the result is also callable as a :class:`CachedTeacher`.
     """
     from tinyhd.synth import ensure_synthetic
-    from tinyhd.teacher import HD2S, load_hd2s, save_hd2s, train_hd2s
+    from tinyhd.teacher import load_hd2s
 
     data_root = Path(data_root) if data_root is not None else ensure_synthetic("dhf1k", progress=progress)
     aux_root = Path(aux_root) if aux_root is not None else ensure_synthetic("kinetics", progress=progress)
-    key = json.dumps({"data": str(Path(data_root).resolve()), "aux": str(Path(aux_root).resolve()),
-                      "size": list(size), "steps": steps, "batch": batch_size, "seed": seed, "aux_videos": aux_videos,
-                      "version": REDUCED_VERSION}, sort_keys=True)
-    name = f"hd2s_{size[0]}x{size[1]}_s{steps}_seed{seed}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-    final = cache_dir() / "teachers" / name
-    result = ReducedTeacher(final / "hd2s.pt", final / "cache")
-    if (final / "key.json").is_file():
-        return result
-    try:
-        with atomic_directory(final) as tmp:
-            torch.manual_seed(seed)
-            model = HD2S(pretrained_backbone=False)
-            train_hd2s(model, data_root, steps=steps, size=size, batch_size=batch_size, seed=seed,
-                       out_dir=tmp / "train", progress=progress)
-            save_hd2s(model, tmp / "hd2s.pt")
-            model = load_hd2s(tmp / "hd2s.pt")  # cache exactly what was saved (BN in eval mode)
-            build_teacher_cache(model, data_root, tmp / "cache" / "target", dataset="dhf1k", size=size,
-                                splits=("train",), progress=progress)
-            build_teacher_cache(model, aux_root, tmp / "cache" / "aux", dataset="kinetics", size=size,
-                                splits=("train",), max_videos=aux_videos, progress=progress)
-            atomic_write_text(tmp / "key.json", key)
-    except (FileExistsError, OSError) as exc:
-        if (final / "key.json").is_file():  # another process finished first: use its copy
-            return result
-        raise UserError(f"{final}: could not create the reduced teacher ({exc})") from exc
-    return result
+    ckpt = ensure_reduced_hd2s(data_root, size, steps, batch_size, seed, progress)
+    key, name = _key_name("cache", size, {"aux": str(aux_root.resolve()), "aux_videos": aux_videos})
+
+    def build(tmp: Path) -> None:
+        model = load_hd2s(ckpt)  # cache exactly what was saved, BN in eval mode
+        build_teacher_cache(model, data_root, tmp / "target", dataset="dhf1k", size=size, splits=("train",),
+                            progress=progress)
+        build_teacher_cache(model, aux_root, tmp / "aux", dataset="kinetics", size=size, splits=("train",),
+                            max_videos=aux_videos, progress=progress)
+
+    return ReducedTeacher(ckpt, _build_once(ckpt.parent / name, key, build))
 
 
 # -- command line ----------------------------------------------------------------------------------------------
