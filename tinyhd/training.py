@@ -441,7 +441,11 @@ class TrainResult:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """RNG states as tensors and plain containers, so checkpoints load with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                        int(has_gauss), float(gauss)],
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -449,7 +453,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -505,12 +510,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
     use_amp = cfg.amp and device.type == "cuda"
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".*.pt.*.tmp"):  # a temp file left by a kill mid-write (never a checkpoint)
+            stale.unlink(missing_ok=True)
 
     # -- resume state, model, optimizer ------------------------------------------------------------------
     ckpt = None
     if last_path.is_file():
         try:
-            ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(f"{last_path}: cannot resume from it ({exc}); move it away to start over") from exc
         saved = ckpt.get("train_config", {})
@@ -522,7 +529,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     if ckpt is not None:
-        model = load_model(last_path)  # weights only; the training state is restored below
+        model = load_model(last_path)  # weights (strict); the training state is restored below
     else:
         model = build_model(cfg)
     model.to(device).train()
