@@ -211,21 +211,16 @@ def epoch_plan(n_target: int, n_aux: int, aux_per_epoch: int, seed: int, epoch: 
 
 
 def shard_batches(n_items: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """Positions in the epoch plan of this rank's batches. Global batches of ``batch_size`` consecutive
-    clips; rank r takes every world-th clip of each (the DistributedSampler idea, per batch). The plan is
-    padded by wrapping around so every rank gets the same number of batches."""
-    if world > 1 and n_items % world:
-        n_pad = world - n_items % world
-        positions = list(range(n_items)) + [i % n_items for i in range(n_pad)]
-    else:
-        positions = list(range(n_items))
-    batches = []
-    for start in range(0, len(positions), batch_size):
-        chunk = positions[start:start + batch_size]
-        mine = chunk[rank::world]
-        if mine:
-            batches.append(mine)
-    return batches
+    """Positions in the epoch plan of this rank's batches (the DistributedSampler idea, without shuffling:
+    the plan is already shuffled). ``batch_size`` is the *global* batch: each rank takes every world-th
+    clip and forms batches of ``batch_size // world`` (at least 1), so global step k covers plan positions
+    ``k·B .. (k+1)·B − 1`` as in a single-process run. The plan is padded by wrapping around so that every
+    rank gets the same number of steps (DDP needs that)."""
+    n_pad = (-n_items) % world
+    positions = list(range(n_items)) + [i % n_items for i in range(n_pad)]
+    mine = positions[rank::world]
+    per_rank = max(1, batch_size // world)
+    return [mine[i:i + per_rank] for i in range(0, len(mine), per_rank)]
 
 
 class _EpochClips(Dataset):

@@ -1,0 +1,197 @@
+"""The trainer: config parsing, the epoch plan, sharding, optimizer groups, distillation wiring, chains, CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tinyhd import cli
+from tinyhd.errors import UserError
+from tinyhd.training import (TrainConfig, StudentTeacher, collate, config_from_dict, epoch_plan, load_config,
+                             param_groups, shard_batches, train, train_chain)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "tinyhd" / "configs"
+TINY = dict(size=(32, 32), batch_size=2, max_videos=4, max_aux_videos=4, val_videos=1, val_clips_per_video=1,
+            num_threads=1, progress=False, device="cpu", epochs=1)
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+
+def test_defaults_are_the_paper_recipe():
+    cfg = TrainConfig()
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (0.01, 0.9, 5e-4, 12, 200)
+    assert cfg.milestones == (100, 150, 180) and cfg.gamma == 0.1
+    assert (cfg.encoder_lr_mult, cfg.bias_lr_mult) == (0.5, 2.0)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_packaged_configs_parse(name):
+    values = yaml.safe_load((CONFIGS / name).read_text())
+    stages = values.pop("stages", None) or [{}]
+    for stage in stages:
+        merged = {**values, **{k: v for k, v in stage.items() if k != "name"}}
+        merged = {k: (v.replace("@", "/x/") if isinstance(v, str) else v) for k, v in merged.items()}
+        config_from_dict(merged, source=name)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(UserError, match=r"bad\.yaml.*'learning_rate'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"distill_on": "everything"}, "distill_on"),
+    ({"distill_on": "all"}, "distill_on"),          # no teacher
+    ({"size": [100, 96]}, "size"),
+    ({"reduce_factor": 2}, "reduce_factor"),        # no init_from
+    ({"teacher": "magic:x", "distill_on": "all"}, "teacher"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_values_are_named(values, field):
+    with pytest.raises(UserError, match=f"cfg.yaml: {field}"):
+        config_from_dict({"distill_on": "none", **values}, source="cfg.yaml")
+
+
+def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 1\nfoo: 2\n")
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "'foo'" in err
+    assert cli.main(["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")]) == 2
+
+
+# -- epoch plan and sharding --------------------------------------------------------------------------------
+
+def test_epoch_plan_is_a_pure_function_of_seed_and_epoch():
+    a = epoch_plan(10, 7, 10, seed=3, epoch=5)
+    assert a == epoch_plan(10, 7, 10, seed=3, epoch=5)
+    assert a != epoch_plan(10, 7, 10, seed=3, epoch=6)
+    assert sorted(i for s, i in a if s == 0) == list(range(10))      # every target video once
+    aux = [i for s, i in a if s == 1]
+    assert len(aux) == 10 and set(aux) == set(range(7))               # all aux videos before repeats
+    assert epoch_plan(5, 0, 0, 0, 0) and all(s == 0 for s, _ in epoch_plan(5, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("n, batch, world", [(24, 12, 1), (25, 12, 2), (7, 4, 3), (5, 2, 2)])
+def test_shards_cover_the_epoch_evenly(n, batch, world):
+    shards = [shard_batches(n, batch, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1                          # same number of steps on every rank
+    seen = [p for s in shards for b in s for p in b]
+    assert set(seen) == set(range(n))                                 # every clip, padding only by wrap-around
+    assert len(seen) - n < world
+    assert all(len(b) <= max(1, batch // world) for s in shards for b in s)
+    if world == 1:
+        assert [p for b in shards[0] for p in b] == list(range(n)) and len(shards[0][0]) == batch
+
+
+# -- optimizer ----------------------------------------------------------------------------------------------
+
+def test_param_groups_follow_sheet_e():
+    from tinyhd.model import TinyHD
+
+    model = TinyHD(output="single", reduction=4)
+    groups = {g["name"]: g for g in param_groups(model, TrainConfig())}
+    assert groups["encoder.weight"]["lr"] == pytest.approx(0.005) and groups["encoder.weight"]["weight_decay"] == 5e-4
+    assert groups["encoder.bias"]["lr"] == pytest.approx(0.01) and groups["encoder.bias"]["weight_decay"] == 0
+    assert groups["decoders.weight"]["lr"] == pytest.approx(0.01)
+    assert groups["decoders.bias"]["lr"] == pytest.approx(0.02) and groups["decoders.bias"]["weight_decay"] == 0
+    n = sum(len(g["params"]) for g in groups.values())
+    assert n == len(list(model.parameters()))
+
+
+def test_collate_mixes_labelled_and_auxiliary_items():
+    lab = {"clip": torch.zeros(3, 16, 32, 32), "saliency": torch.ones(1, 32, 32), "fixation": torch.zeros(1, 32, 32),
+           "has_sal": torch.tensor(True), "video": "001", "frame_index": torch.tensor([15]), "flip": torch.tensor(False),
+           "source": "target"}
+    aux = {k: v for k, v in lab.items() if k not in ("saliency", "fixation", "has_sal")}
+    aux.update(video="k/1", source="aux")
+    batch = collate([lab, aux])
+    assert batch["clip"].shape == (2, 3, 16, 32, 32) and batch["saliency"].shape == (2, 1, 32, 32)
+    assert batch["has_sal"].tolist() == [True, False] and batch["saliency"][1].sum() == 0
+    assert batch["video"] == ["001", "k/1"] and batch["source"] == ["target", "aux"]
+
+
+# -- training with a stand-in teacher -----------------------------------------------------------------------
+
+class CentreTeacher:
+    """A stand-in teacher: a centred blob for every map; records what it was asked about."""
+
+    def __init__(self):
+        self.sources: list[str] = []
+
+    def __call__(self, batch):
+        self.sources += list(batch["source"])
+        b, _, _, h, w = batch["clip"].shape
+        y = torch.linspace(-1, 1, h)[:, None]
+        x = torch.linspace(-1, 1, w)[None, :]
+        blob = torch.exp(-(x ** 2 + y ** 2) / 0.2)
+        return {"final": blob.expand(b, 1, h, w).clone(), "conspicuity": blob.expand(b, 4, 1, h, w).clone()}
+
+
+def test_distillation_on_target_and_auxiliary(tmp_path):
+    teacher = CentreTeacher()
+    cfg = TrainConfig(**TINY, distill_on="all", teacher="cache:unused", max_steps=3)
+    result = train(cfg, tmp_path / "all", teacher=teacher)
+    rows = [r for r in result.history if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["kd_final"] > 0 and r["kd_d1"] > 0 for r in rows)
+    assert all(torch.isfinite(torch.tensor(r["total"])) for r in rows)
+    assert "aux" in teacher.sources and "target" in teacher.sources  # epoch = target clips + auxiliary clips
+    val = [r for r in result.history if r["kind"] == "val"]
+    assert val and all(k in val[-1] for k in ("cc", "nss", "sim", "kld", "val_loss"))
+    assert result.best is not None and result.last.is_file()
+
+
+def test_distill_on_target_uses_no_auxiliary_clips(tmp_path):
+    teacher = CentreTeacher()
+    cfg = TrainConfig(**TINY, distill_on="target", teacher="cache:unused", max_steps=2)
+    train(cfg, tmp_path / "td", teacher=teacher)
+    assert teacher.sources and set(teacher.sources) == {"target"}
+
+
+def test_changed_config_refuses_to_resume(tmp_path):
+    cfg = TrainConfig(**TINY, distill_on="none", max_steps=1)
+    train(cfg, tmp_path / "r")
+    with pytest.raises(UserError, match="lr"):
+        train(TrainConfig(**{**TINY, "size": (32, 32)}, distill_on="none", max_steps=1, lr=0.5), tmp_path / "r")
+    # more steps on the same run is allowed: it continues from step 1
+    res = train(TrainConfig(**TINY, distill_on="none", max_steps=2), tmp_path / "r")
+    assert [r["step"] for r in res.history if r["kind"] == "train"] == [1, 2]
+
+
+def test_teacher_assistant_chain(tmp_path):
+    base = {**TINY, "size": [32, 32], "max_steps": 1}
+    stages = [{"name": "x1", "distill_on": "none"},
+              {"name": "x1_2_ta", "init_from": "@x1", "reduce_factor": 2, "teacher": "student:@x1",
+               "distill_on": "target"}]
+    results = train_chain(base, stages, tmp_path)
+    assert results["x1"].model.config["reduction"] == 1
+    assert results["x1_2_ta"].model.config["reduction"] == 2
+    rows = [r for r in results["x1_2_ta"].history if r["kind"] == "train"]
+    assert rows and rows[0]["kd_final"] > 0 and rows[0]["kd_d1"] > 0
+    # the ×½ student's encoder starts from the ×1 kernels averaged (reduce_channels), not at random
+    from tinyhd.reduction import reduce_channels
+    from tinyhd.training import load_model
+
+    x1 = load_model(tmp_path / "x1" / "best.pt")
+    torch.manual_seed(0)
+    expected = reduce_channels(x1, 2).state_dict()
+    start = train(TrainConfig(**{**TINY, "max_steps": 1}, init_from=str(tmp_path / "x1" / "best.pt"),
+                              reduce_factor=2, distill_on="none", lr=1e-12, momentum=0.0, weight_decay=0.0),
+                  tmp_path / "probe").model.state_dict()
+    key = next(k for k in expected if k.startswith("encoder.") and k.endswith("weight"))
+    assert torch.allclose(start[key], expected[key], atol=1e-6)
+
+
+def test_student_teacher_contract():
+    from tinyhd.model import TinyHD
+
+    t = StudentTeacher(TinyHD(output="single", reduction=4))
+    maps = t({"clip": torch.randn(2, 3, 16, 32, 32)})
+    assert maps["final"].shape == (2, 1, 32, 32) and maps["conspicuity"].shape == (2, 4, 1, 32, 32)
+    assert ((maps["final"] > 0) & (maps["final"] < 1)).all()
