@@ -616,12 +616,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
                 stopped = True
                 break
             if state["step"] % cfg.checkpoint_every == 0:
+                _sync_buffers(model, world)
                 save(last_path)
         if not stopped:  # end of epoch: next epoch, lr schedule
             state["epoch"] += 1
             state["step_in_epoch"] = 0
             scheduler.step()
         # validation (every epoch, and where max_steps stops the run)
+        _sync_buffers(model, world)
         metrics_row = validate(model, val_ds, cfg, device) if is_main else {}
         done = stopped or state["epoch"] >= cfg.epochs
         log({"kind": "val", "epoch": epoch, "step": state["step"], **metrics_row})
@@ -639,6 +641,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
     bar.close()
     return TrainResult(model=model, history=_read_log(log_path), out_dir=out_dir, last=last_path,
                        best=best_path if best_path.is_file() else None)
+
+
+def _sync_buffers(model: nn.Module, world: int) -> None:
+    """DDP keeps parameters equal, but each rank's last forward updates its own BN running statistics:
+    give every rank rank 0's buffers before a checkpoint or validation, so all ranks hold the same model."""
+    if world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
 
 
 def _norm(v: Any) -> Any:
