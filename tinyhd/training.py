@@ -651,6 +651,23 @@ def _sync_buffers(model: nn.Module, world: int) -> None:
             dist.broadcast(buf.data, src=0)
 
 
+def config_key(cfg: TrainConfig) -> str:
+    """A short hash of everything in ``cfg`` that changes what a run computes (not ``RESUMABLE_CHANGES``).
+    Notebooks name run folders with it, so two notebooks asking for the same run share it."""
+    import hashlib
+
+    values = {k: _norm(v) for k, v in sorted(asdict(cfg).items()) if k not in RESUMABLE_CHANGES}
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def last_validation(result: TrainResult) -> dict[str, float]:
+    """The final validation row of a run (val_loss, cc, nss, sim, kld)."""
+    rows = [r for r in result.history if r.get("kind") == "val"]
+    if not rows:
+        raise UserError(f"{result.out_dir}: the run has no validation row yet")
+    return {k: v for k, v in rows[-1].items() if k not in ("kind", "epoch")}
+
+
 def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, (tuple, list)) else v
 

@@ -1,0 +1,197 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Hierarchical distillation with an auxiliary dataset (TinyHD §3.3, §4.2, Table 4)
+#
+# > "we carry out knowledge distillation by extracting intermediate and final outputs from a hierarchical
+# > teacher to supervise intermediate of one student decoder and final student outputs" (§3.3)
+#
+# TinyHD is trained with three kinds of KL terms: student final map ↔ ground truth (labelled clips only),
+# student final map ↔ HD2S final map, and D1 map *j* ↔ HD2S conspicuity map *j* (Eq. 2), the teacher terms also
+# on unlabeled Kinetics-400 clips (Eq. 3). Table 4 ablates them: GT maps only, + KD on the target dataset (TD),
+# + KD on the auxiliary dataset (AD).
+#
+# **Reduced scale (the defaults).** Synthetic DHF1K-layout and Kinetics-layout sets (`tinyhd.synth`), 64×96
+# clips, batch 2, the same small number of optimizer steps for every row, and a *reduced* HD2S teacher trained
+# for a few steps on the synthetic set (`tinyhd.teacher_cache.ensure_reduced_teacher`). Runs are cached under
+# `out_dir` (re-running the notebook resumes or reuses them).
+#
+# **Full scale** (one command; knobs left at `None`/`"auto"` switch to the paper's values when `data_root` is set):
+#
+# ```
+# papermill notebooks/04_distill.ipynb out.ipynb -p epochs 200 -p data_root /data/DHF1K \
+#     -p aux_root /data/kinetics400 -p device cuda
+# ```
+#
+# That trains TinyHD-S at 192×256, batch 12, 200 epochs, lr steps at 100/150/180, against a teacher given by
+# `teacher`: the default `"reduced"` trains a small HD2S on `data_root` first (a working but weak stand-in);
+# for the paper's teacher add `-p teacher hd2s:/weights/hd2s.pth` (the HD2S authors' checkpoint, run on the fly)
+# or `-p teacher cache:/data/hd2s_cache` (maps precomputed by `tinyhd cache-teacher`). See `docs/training.md`.
+
+# %% tags=["parameters"]
+epochs = 2                 # paper: 200
+data_root = None           # None → synthetic DHF1K-layout set; a DHF1K copy for the paper's runs
+aux_root = None            # None → synthetic Kinetics-layout set; Kinetics-400 (train_256/) for the paper's runs
+teacher = "reduced"        # "reduced" | "hd2s:CKPT" | "cache:PATH" (see tinyhd.training.TrainConfig.teacher)
+batch_size = None          # None → 2 on the synthetic set, 12 (paper) with data_root
+size = None                # None → (64, 96) on the synthetic set, (192, 256) (paper) with data_root
+max_steps = "auto"         # "auto" → 8 optimizer steps per row on the synthetic set, no limit with data_root
+device = "cpu"             # "cuda" for the full recipe
+seed = 0
+num_threads = 1            # CPU threads per process (the CI box has 2 cores shared by many jobs)
+out_dir = None             # None → tinyhd.paths.runs_dir() / "04_distill"
+
+# %%
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+import tinyhd
+from tinyhd.losses import distillation_loss, kl_maps
+from tinyhd.paths import runs_dir
+from tinyhd.training import TrainConfig, config_key, last_validation, train
+
+torch.set_num_threads(num_threads)
+full = data_root is not None
+size = tuple(size) if size is not None else ((192, 256) if full else (64, 96))
+batch_size = batch_size if batch_size is not None else (12 if full else 2)
+max_steps = (None if full else 8) if max_steps == "auto" else max_steps
+# the paper's lr milestones (100/150/180 of 200 epochs), scaled to `epochs`; none for a few-epoch run
+milestones = tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else ()
+out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "04_distill"
+out_dir.mkdir(parents=True, exist_ok=True)
+print(f"scale: {'full' if full else 'reduced'}; size {size}, batch {batch_size}, epochs {epochs}, "
+      f"max_steps {max_steps}, milestones {milestones}, teacher {teacher}")
+
+# %% [markdown]
+# ## Eq. 1: KL divergence between sum-normalised maps
+#
+# $\mathcal{L}_{KL}(x, y) = \sum_i y_i \log \frac{y_i}{x_i}$, with both maps divided by their sum. The authors'
+# `KLDLoss1vs1` sums over the pixels of each map and averages over maps (sheet (e)); ours is the same, plus an
+# epsilon on the prediction so that an all-zero map cannot give NaN (`tinyhd.losses`).
+
+# %%
+p = torch.tensor([[[1.0, 3.0]]])          # → (1/4, 3/4)
+q = torch.tensor([[[5.0, 5.0]]])          # → (1/2, 1/2)
+expected = 0.5 * math.log(2) + 0.5 * math.log(2 / 3)
+print(f"KL = {float(kl_maps(p, q)):.6f}, by hand {expected:.6f}")
+assert abs(float(kl_maps(p, q)) - expected) < 1e-6
+zero = torch.zeros(2, 8, 8, requires_grad=True)
+loss = kl_maps(zero, torch.rand(2, 8, 8))
+loss.backward()
+assert torch.isfinite(loss) and torch.isfinite(zero.grad).all()   # no NaN on a blank prediction
+
+# %% [markdown]
+# ## The teacher
+#
+# At reduced scale the teacher is a small HD2S trained from scratch on the synthetic set, whose maps (final +
+# four conspicuity maps, shallowest first) are cached for the target videos and the auxiliary videos.
+
+# %%
+if teacher == "reduced":
+    from tinyhd.teacher_cache import ensure_reduced_teacher
+
+    reduced = ensure_reduced_teacher(data_root, aux_root, size=size, seed=seed, aux_videos=None if full else 4)
+    print("reduced HD2S:", reduced.checkpoint)
+
+# %% [markdown]
+# ## Table 4 at our scale: the three loss settings, equal optimizer steps
+#
+# One epoch = one random clip per target video, plus as many auxiliary clips when the auxiliary set is used
+# (sheet (e)). With `max_steps`, every row gets the same number of optimizer steps (the paper compares equal
+# *epochs*, so its AD row saw twice as many clips).
+
+# %%
+rows = {"GT maps": "none", "+ K.D. on TD": "target", "+ K.D. on AD": "all"}
+results, configs = {}, {}
+for name, distill_on in rows.items():
+    cfg = TrainConfig(data_root=data_root, aux_root=aux_root, size=size, output="single", epochs=epochs,
+                      batch_size=batch_size, max_steps=max_steps, milestones=milestones,
+                      teacher=None if distill_on == "none" else teacher, distill_on=distill_on,
+                      max_aux_videos=None if full else 4, val_videos=None if full else 2,
+                      val_clips_per_video=5 if full else 2, pretrained_backbone=full, device=device,
+                      num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 4, progress=True)
+    configs[name] = cfg
+    results[name] = train(cfg, out_dir / f"s_{distill_on}_{config_key(cfg)}")
+
+# %%
+train_rows = {name: [r for r in res.history if r["kind"] == "train"] for name, res in results.items()}
+for name, hist in train_rows.items():
+    steps = [r["step"] for r in hist]
+    assert steps == list(range(1, len(steps) + 1)), f"{name}: every step logged once"
+    assert all(math.isfinite(r["total"]) for r in hist), f"{name}: finite losses"
+    if max_steps is not None:
+        assert len(steps) == max_steps, f"{name}: equal steps for every row"
+    kd = [r["kd_final"] + r["kd_d1"] for r in hist]
+    assert (max(kd) > 0) == (configs[name].distill_on != "none"), f"{name}: teacher terms on iff distilling"
+print({name: len(h) for name, h in train_rows.items()}, "steps")
+
+# %%
+fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+for name, hist in train_rows.items():
+    ax[0].plot([r["step"] for r in hist], [r["gt"] for r in hist], label=name)
+    ax[1].plot([r["step"] for r in hist], [r["total"] for r in hist], label=name)
+ax[0].set_title("KL(final, GT) on labelled clips"); ax[1].set_title("total loss (Eq. 2/3)")
+for a in ax:
+    a.set_xlabel("step"); a.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(out_dir / "losses.png", dpi=80)
+
+# %% [markdown]
+# ### Ours beside the paper's Table 4 (DHF1K val, TinyHD-S)
+#
+# Our numbers are validation CC / NSS / SIM / KLD at the training resolution on the synthetic val videos
+# (`tinyhd.training.validate`); AUC-J/AUC-B need the full protocol (`tinyhd evaluate`, notebook on metrics).
+
+# %%
+paper = pd.DataFrame({"AUC-J": [0.9033, 0.9058, 0.9075], "AUC-B": [0.8286, 0.8237, 0.8244],
+                      "CC": [0.4864, 0.4875, 0.4945], "NSS": [2.7680, 2.8182, 2.8735],
+                      "SIM": [0.3765, 0.3846, 0.3887]}, index=list(rows))
+ours = pd.DataFrame({name: last_validation(res) for name, res in results.items()}).T[["cc", "nss", "sim", "kld"]]
+ours.columns = ["CC (ours)", "NSS (ours)", "SIM (ours)", "KLD (ours)"]
+table = pd.concat([paper.add_suffix(" (paper)"), ours], axis=1)
+table.to_csv(out_dir / "table4.csv")
+print(table.round(4).to_string())
+assert table.shape == (3, 9) and np.isfinite(ours.to_numpy()).all()
+
+# %%
+gt_cc, td_cc, ad_cc = (table.loc[n, "CC (ours)"] for n in rows)
+gt_kl, ad_kl = table.loc["GT maps", "KLD (ours)"], table.loc["+ K.D. on AD", "KLD (ours)"]
+beats = ad_cc > gt_cc and ad_kl < gt_kl
+order_matches = gt_cc < td_cc < ad_cc
+print(f"paper: CC rises GT {paper.CC.iloc[0]} → TD {paper.CC.iloc[1]} → AD {paper.CC.iloc[2]}")
+print(f"ours : CC GT {gt_cc:.4f} → TD {td_cc:.4f} → AD {ad_cc:.4f}; KLD GT {gt_kl:.4f} vs AD {ad_kl:.4f}")
+print("full distillation (+AD) beats GT-only at equal steps on CC and KLD:", bool(beats))
+print("our CC ordering matches the paper's (GT < TD < AD):", bool(order_matches))
+with open(out_dir / "summary.json", "w") as fh:
+    json.dump({"beats_gt_only": bool(beats), "order_matches_paper": bool(order_matches),
+               "scale": "full" if full else "reduced"}, fh)
+
+# %% [markdown]
+# **What this shows at reduced scale.** The check cells assert what is robust: every row trains for the same
+# number of steps with finite losses, the teacher terms are active exactly when distilling, and the table is
+# computed. Whether distillation beats GT-only is *printed*, not asserted: with a handful of steps from a
+# randomly initialised encoder (no ImageNet weights offline), a teacher that itself trained for only a few
+# steps, and two synthetic validation videos, the gaps are within run-to-run noise. The distillation terms add
+# a dense, smooth target that typically lowers KLD early on, but the paper's ordering (GT < +TD < +AD, Table 4)
+# is a statement about 200 epochs on DHF1K with a converged HD2S; run the full-scale command above to test it.
