@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    """A small random TinyHD-M ×¼ checkpoint in our format."""
+    """A small random TinyHD-M ×¼ checkpoint in our format (D3 only: the cheapest multi-output model)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny_m_rc4.pt"
-    tinyhd.save_checkpoint(tinyhd.TinyHD(output="multi", reduction=4), path)
+    tinyhd.save_checkpoint(tinyhd.TinyHD(output="multi", decoders=("d3",), reduction=4), path)
     return path
 
 
@@ -143,9 +143,9 @@ def test_unreadable_missing_and_foreign_checkpoints(tmp_path, avi, capsys):
     torch.save(torch.nn.Linear(3, 2).state_dict(), foreign)  # another architecture's weights
     _fails(capsys, [str(avi), "--checkpoint", str(foreign), "--out", out], foreign)
     other_cfg = tmp_path / "wrong_shapes.pt"
-    m = tinyhd.TinyHD(output="multi", reduction=4)
+    m = tinyhd.TinyHD(output="multi", decoders=("d3",), reduction=4)
     state = m.state_dict()
-    tinyhd.save_checkpoint(tinyhd.TinyHD(output="multi", reduction=2), other_cfg)
+    tinyhd.save_checkpoint(tinyhd.TinyHD(output="multi", decoders=("d3",), reduction=2), other_cfg)
     obj = torch.load(other_cfg, weights_only=True)
     obj["config"] = dict(m.config)  # config says ×¼ but the tensors are ×½
     torch.save(obj, other_cfg)
