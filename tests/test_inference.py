@@ -233,3 +233,31 @@ def test_official_first_and_last_window_match_authors_maps(official_dir):
 @pytest.mark.slow
 def test_official_all_reference_frames_match_authors_maps(official_dir):
     _compare_with_authors(official_dir, lambda f: True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# torch.hub entry points (hubconf.py)
+# ------------------------------------------------------------------------------------------------------
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_hub_entry_points_build_models_without_network():
+    s = torch.hub.load(str(REPO), "tinyhd_s", source="local", reduction=4)
+    m = torch.hub.load(str(REPO), "tinyhd_m", source="local", reduction=2, decoders=("d3",))
+    assert isinstance(s, tinyhd.TinyHD) and s.config["output"] == "single" and s.config["reduction"] == 4
+    assert m.config["output"] == "multi" and m.config["reduction"] == 2 and m.config["decoders"] == ("d3",)
+    with pytest.raises(ValueError):
+        torch.hub.load(str(REPO), "tinyhd_m", source="local", reduction=3)
+
+
+def test_hub_pretrained_uses_the_verified_registry_copy(official_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("TINYHD_CACHE", str(tmp_path))
+    dest = tinyhd.weights.default_dest()
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(official_dir / "d123m_rc4_rc1T.pth", dest / "d123m_rc4_rc1T.pth")  # already "downloaded"
+    model = torch.hub.load(str(REPO), "tinyhd_m", source="local", pretrained=True, reduction=4)
+    ref = tinyhd.load_official_checkpoint(official_dir / "d123m_rc4_rc1T.pth")
+    for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), k

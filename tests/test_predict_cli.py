@@ -190,3 +190,19 @@ def test_help_documents_frame_naming(capsys):
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "%04d.png" in text and "1-based" in text and "--overlay" in text
+
+
+def test_released_name_is_used_only_once_downloaded(tmp_path, avi, official_dir, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setenv("TINYHD_CACHE", str(tmp_path / "cache"))
+    name = "d123m_rc4_rc1T.pth"
+    out = tmp_path / "o"
+    _fails(capsys, [str(avi), "--checkpoint", name, "--out", str(out)], name, "not downloaded")
+    _fails(capsys, [str(avi), "--checkpoint", "no_such_release.pth", "--out", str(out)], "no_such_release.pth")
+    tinyhd.weights.default_dest().mkdir(parents=True, exist_ok=True)
+    shutil.copy(official_dir / name, tinyhd.weights.default_dest() / name)  # as `tinyhd weights download` leaves it
+    assert cli(["predict", str(avi), "--checkpoint", name, "--out", str(out), "--no-progress"]) == 0
+    assert len(_pngs(out)) == 10
+    (tinyhd.weights.default_dest() / name).write_bytes(b"damaged copy")
+    _fails(capsys, [str(avi), "--checkpoint", name, "--out", str(out)], name)

@@ -304,57 +304,33 @@ def overlay(frame: np.ndarray, map_u8: np.ndarray, alpha: float = 0.5) -> np.nda
 
 
 def resolve_checkpoint(spec: str, download: bool = False) -> Path:
-    """A checkpoint path, or the name of a released file in the weights registry (``tinyhd weights``).
+    """A checkpoint path, or the name of a released file in the weights registry (``tinyhd weights list``).
 
-    A registry name is used only if already downloaded, unless ``download`` is True.
+    A registry name is used only if a verified copy is already in ``tinyhd.weights.default_dest()``, unless
+    ``download`` is True (then ``tinyhd.weights.download`` fetches and verifies it).
     """
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():
             raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
         return path
-    looks_like_path = os.sep in spec or path.suffix in (".pth", ".pt", ".ckpt", ".tar")
+    from tinyhd import weights
+
     try:
-        from tinyhd import weights
-    except ImportError:
-        weights = None
-    known = weights is not None and _registry_has(weights, spec)
-    if not known and looks_like_path:
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        known = spec in weights.registry()
+    except UserError:
+        known = False
     if not known:
-        raise CheckpointError(f"{spec}: neither a checkpoint file nor a released checkpoint name "
-                              f"(see `tinyhd weights`)")
+        raise CheckpointError(f"{path}: no such checkpoint file (nor the name of a released checkpoint; see "
+                              f"`tinyhd weights list`)")
     if download:
         return Path(weights.download(spec))
-    local = _registry_local(weights, spec)
-    if local is None or not Path(local).is_file():
+    local = weights.default_dest() / spec
+    if not local.is_file():
         raise CheckpointError(f"{spec}: released checkpoint not downloaded yet; run `tinyhd weights download "
                               f"{spec}` or pass --download")
-    return Path(local)
-
-
-def _registry_has(weights: Any, name: str) -> bool:
-    for fn in ("names", "list_names", "available"):
-        f = getattr(weights, fn, None)
-        if callable(f):
-            try:
-                return name in set(f())
-            except Exception:
-                return False
-    reg = getattr(weights, "REGISTRY", None) or getattr(weights, "WEIGHTS", None)
-    return isinstance(reg, dict) and name in reg
-
-
-def _registry_local(weights: Any, name: str) -> Path | None:
-    for fn in ("local_path", "cached_path", "path"):
-        f = getattr(weights, fn, None)
-        if callable(f):
-            try:
-                p = f(name)
-            except Exception:
-                return None
-            return Path(p) if p is not None else None
-    return None
+    weights.verify(local, spec)  # CheckpointError if the local copy is damaged
+    return local
 
 
 def _check_not_truncated(path: Path, n_decoded: int) -> None:
