@@ -26,6 +26,7 @@ from tinyhd.errors import CheckpointError, UserError
 from tinyhd.paths import atomic_open, cache_dir, manifests_dir
 
 _CHUNK = 1 << 20
+_RC = {1: "×1", 2: "×½", 4: "×¼"}
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,8 @@ def cli_main(argv: list[str]) -> int:
         width = max(map(len, entries))
         for e in entries.values():
             v = e.variant
-            print(f"{e.name.ljust(width)}  {v['output']:<6} ×1/{v['reduction']}  {e.training_set:<10}  "
-                  f"{'sha256' if e.sha256 else 'git-blob'}  {e.description}")
+            print(f"{e.name.ljust(width)}  {v['output']:<6} {_RC[v['reduction']]}  {e.training_set:<10}  "
+                  f"{'sha256' if e.sha256 else 'git blob':<8}  {e.description}")
         return 0
     if args.cmd == "download":
         print(download(args.name, args.dest))
