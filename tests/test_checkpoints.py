@@ -247,3 +247,10 @@ def test_weights_cli_list(capsys) -> None:
     assert weights.cli_main(["list"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 8 and "d123m_rc4_rc1T.pth" in out and "UCF-Sports" in out
+
+
+def test_nested_foreign_state_dict_is_described(tmp_path: Path) -> None:
+    path = tmp_path / "hd2s_wrapped.pth"
+    torch.save({"state_dict": {"featureExtractor.block1.0.conv_s.weight": torch.zeros(2, 3, 1, 7, 7)}, "epoch": 9}, path)
+    with pytest.raises(CheckpointError, match=r"whose 'state_dict' is a state dict of 1 tensors.*HD2S teacher"):
+        load_checkpoint(path)

@@ -135,3 +135,47 @@ def test_pretrained_backbone_offline_gives_a_clear_error(monkeypatch, tmp_path) 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(UserError, match=r"mobilenet_v2-.*\.pth.*Offline, copy that file to .*checkpoints"):
         MobileNetV2Encoder3d(1, "S", pretrained=True)
+
+
+@pytest.fixture()
+def fake_imagenet(monkeypatch):
+    """A stand-in for torchvision's ImageNet MobileNetV2 (random, non-trivial BN), never downloaded."""
+    import tinyhd.encoder as enc
+
+    torch.manual_seed(5)
+    net = mobilenet_v2_features_2d(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+                m.running_mean.normal_()
+    monkeypatch.setattr(enc, "imagenet_mobilenet_v2_features", lambda: copy.deepcopy(net))
+    return net
+
+
+def test_pretrained_backbone_is_the_inflated_imagenet_network(fake_imagenet) -> None:
+    from tinyhd.model import TinyHD
+
+    model = TinyHD("single", reduction=1, pretrained_backbone=True)
+    features = model.encoder.features
+    w2d = fake_imagenet[4].conv[1][0].weight                       # dw conv of feature 4: 144×1×3×3
+    w3d = features[4].conv[1][0].weight                            # 144×1×3×3×3
+    assert all(torch.equal(w3d[:, :, t], w2d) for t in range(3))
+    assert torch.equal(features[18][1].weight, fake_imagenet[18][1].weight)
+    assert torch.equal(features[18][1].running_mean, torch.zeros(1280))  # stats not copied
+
+
+def test_pretrained_backbone_at_quarter_width_is_kernel_averaged(fake_imagenet) -> None:
+    from tinyhd.model import TinyHD
+
+    model = TinyHD("multi", reduction=4, pretrained_backbone=True)
+    stem2d = fake_imagenet[0][0].weight                            # 32×3×3×3
+    stem3d = model.encoder.features[0][0].weight                   # 8×3×3×3×3
+    # stem/depthwise rule (sheet (d)): new channel c' = mean of old channels c' + j·O/r, j = 0..3
+    expected = stem2d.reshape(4, 8, 3, 3, 3).mean(0)
+    assert torch.allclose(stem3d[:, :, 1], expected) and torch.allclose(stem3d[:, :, 0], expected)
+    bn = fake_imagenet[0][1].weight
+    assert torch.allclose(model.encoder.features[0][1].weight, bn.view(4, -1).mean(0))
+    # M config: dw 14 has a 2-frame temporal kernel, both slices the averaged 2D kernel
+    assert model.encoder.features[14].conv[1][0].weight.shape[2] == 2

@@ -100,6 +100,9 @@ def _describe(obj: Any) -> str:
             elif any(str(k).startswith("encoder.features.") for k in tensor_keys):
                 hint = " (looks like a bare TinyHD state dict from this package: save models with save_checkpoint)"
             return f"a state dict of {len(tensor_keys)} tensors with top-level prefixes {prefixes[:8]}{hint}"
+        nested = [k for k in keys if isinstance(obj[k], Mapping) and any(isinstance(v, torch.Tensor) for v in obj[k].values())]
+        if nested:  # e.g. {"state_dict": {...}} or {"model_state_dict": {...}}
+            return f"a dict with keys {[str(k) for k in keys[:10]]} whose {nested[0]!r} is {_describe(obj[nested[0]])}"
         return f"a dict with keys {[str(k) for k in keys[:10]]}"
     return f"a {type(obj).__name__}"
 

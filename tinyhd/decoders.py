@@ -52,7 +52,7 @@ def decoder_temporal(kind: str, single: bool, encoder_config: str) -> list[Tempo
     return [T_DOWN if c == "d" else keep for c in _CODES[key]]
 
 
-class IRB(nn.Sequential):
+class IRB(nn.Module):
     """3D inverted residual block of the decoders (torchvision's InvertedResidual, expand ratio 2, 3D,
     residual switched off):
 
@@ -62,18 +62,21 @@ class IRB(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int, temporal: Temporal = T1) -> None:
+        super().__init__()
         kt, st, pt = temporal
         hidden = 2 * in_channels
-        conv = nn.Sequential(
+        self.in_channels, self.out_channels, self.temporal = in_channels, out_channels, tuple(temporal)
+        self.conv = nn.Sequential(
             nn.Sequential(nn.Conv3d(in_channels, hidden, 1, bias=False), nn.BatchNorm3d(hidden), nn.ReLU6(inplace=True)),
             nn.Sequential(nn.Conv3d(hidden, hidden, (kt, 3, 3), stride=(st, 1, 1), padding=(pt, 1, 1), groups=hidden,
                                     bias=False), nn.BatchNorm3d(hidden), nn.ReLU6(inplace=True)),
             nn.Conv3d(hidden, out_channels, 1, bias=False),
             nn.BatchNorm3d(out_channels),
         )
-        super().__init__()
-        self.conv = conv
-        self.in_channels, self.out_channels, self.temporal = in_channels, out_channels, tuple(temporal)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B×i×T×H×W → B×o×T'×H×W (T' = T, or ⌈T/2⌉ for T↓)."""
+        return self.conv(x)
 
 
 def up_t() -> nn.Upsample:
@@ -95,6 +98,9 @@ def _up(mode: str, single: bool) -> nn.Sequential:
 
 
 class _Decoder(nn.Module):
+    """Common part of D1/D2/D3: the IRBs (``blocks``, in the authors' adapter order) built from ``widths``
+    (list of (in, out)) and ``temporal`` (list of (kt, st, pt)); ``single`` = one output frame."""
+
     kind = ""
     n_maps = 1
 
