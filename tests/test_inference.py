@@ -181,6 +181,7 @@ def test_predict_video_reads_files_and_folders(tmp_path):
 # ------------------------------------------------------------------------------------------------------
 # post-processing
 # ------------------------------------------------------------------------------------------------------
+@pytest.mark.official
 def test_postprocess_reproduces_the_authors_pngs_from_their_raw_maps(official_dir):
     raw = np.load(official_dir / "m_raw_maps_f16.npy")
     raw_frames = np.load(official_dir / "m_raw_frames.npy").tolist()
@@ -224,6 +225,7 @@ def _compare_with_authors(official_dir, keep):
         assert np.abs(ours - ref).mean() <= 1 / 255, f
 
 
+@pytest.mark.official
 def test_official_first_and_last_window_match_authors_maps(official_dir):
     # frames 0, 7, 14, 15 come from window 0..15 and 524, 528, 535, 539 from the last window (N−16 = 524):
     # the windows a whole-video run uses for them, so two forward passes suffice
@@ -231,6 +233,7 @@ def test_official_first_and_last_window_match_authors_maps(official_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.official
 def test_official_all_reference_frames_match_authors_maps(official_dir):
     _compare_with_authors(official_dir, lambda f: True)
 
@@ -250,6 +253,7 @@ def test_hub_entry_points_build_models_without_network():
         torch.hub.load(str(REPO), "tinyhd_m", source="local", reduction=3)
 
 
+@pytest.mark.official
 def test_hub_pretrained_uses_the_verified_registry_copy(official_dir, tmp_path, monkeypatch):
     import shutil
 
