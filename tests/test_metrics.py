@@ -424,8 +424,9 @@ def test_auc_judd_invariant_to_monotone_transforms(p, f, seed):
     if not f.any() or f.all() or len(np.unique(p)) != p.size:
         return
     base = M.auc_judd(p, f, jitter=False)
-    assert M.auc_judd(np.exp(3 * p), f, jitter=False) == pytest.approx(base, abs=1e-12)
-    assert M.auc_judd(p ** 3 + 2, f, jitter=False) == pytest.approx(base, abs=1e-12)
+    for q in (np.exp(3 * p), p ** 3 + 2):
+        if len(np.unique(q)) == q.size:  # the transform kept the values distinct in floating point
+            assert M.auc_judd(q, f, jitter=False) == pytest.approx(base, abs=1e-12)
     assert 0.0 <= base <= 1.0
     assert M.auc_judd(p, f, rng=seed) == pytest.approx(base, abs=1e-4)
 
