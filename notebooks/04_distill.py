@@ -47,7 +47,7 @@ aux_root = None            # None → synthetic Kinetics-layout set; Kinetics-40
 teacher = "reduced"        # "reduced" | "hd2s:CKPT" | "cache:PATH" (see tinyhd.training.TrainConfig.teacher)
 batch_size = None          # None → 2 on the synthetic set, 12 (paper) with data_root
 size = None                # None → (64, 96) on the synthetic set, (192, 256) (paper) with data_root
-max_steps = "auto"         # "auto" → 8 optimizer steps per row on the synthetic set, no limit with data_root
+max_steps = "auto"         # "auto" → 6 optimizer steps per row on the synthetic set, no limit with data_root
 device = "cpu"             # "cuda" for the full recipe
 seed = 0
 num_threads = 1            # CPU threads per process (the CI box has 2 cores shared by many jobs)
@@ -75,7 +75,7 @@ torch.set_num_threads(num_threads)
 full = data_root is not None
 size = tuple(size) if size is not None else ((192, 256) if full else (64, 96))
 batch_size = batch_size if batch_size is not None else (12 if full else 2)
-max_steps = (None if full else 8) if max_steps == "auto" else max_steps
+max_steps = (None if full else 6) if max_steps == "auto" else max_steps
 # the paper's lr milestones (100/150/180 of 200 epochs), scaled to `epochs`; none for a few-epoch run
 milestones = tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else ()
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "04_distill"
@@ -144,6 +144,8 @@ for name, hist in train_rows.items():
         assert len(steps) == max_steps, f"{name}: equal steps for every row"
     kd = [r["kd_final"] + r["kd_d1"] for r in hist]
     assert (max(kd) > 0) == (configs[name].distill_on != "none"), f"{name}: teacher terms on iff distilling"
+    if configs[name].distill_on != "none":   # D1 learns the teacher's hierarchical maps: its KL term goes down
+        assert hist[-1]["kd_d1"] < hist[0]["kd_d1"], f"{name}: KL(D1, teacher conspicuity) decreases"
 print({name: len(h) for name, h in train_rows.items()}, "steps")
 
 # %%
@@ -183,15 +185,26 @@ print(f"paper: CC rises GT {paper.CC.iloc[0]} → TD {paper.CC.iloc[1]} → AD {
 print(f"ours : CC GT {gt_cc:.4f} → TD {td_cc:.4f} → AD {ad_cc:.4f}; KLD GT {gt_kl:.4f} vs AD {ad_kl:.4f}")
 print("full distillation (+AD) beats GT-only at equal steps on CC and KLD:", bool(beats))
 print("our CC ordering matches the paper's (GT < TD < AD):", bool(order_matches))
+# diagnostics for the paragraph below: how far the students and the teacher are from uniform maps
+kd_final = np.mean([r["kd_final"] for r in train_rows["+ K.D. on AD"]])
+kd_d1 = [r["kd_d1"] for r in train_rows["+ K.D. on AD"]]
+print(f"students' val CC: {ours['CC (ours)'].round(4).tolist()} (a uniform map scores 0)")
+print(f"mean KL(student final, teacher final) = {kd_final:.4f}; KL(D1, teacher) {kd_d1[0]:.3f} → {kd_d1[-1]:.3f}")
 with open(out_dir / "summary.json", "w") as fh:
     json.dump({"beats_gt_only": bool(beats), "order_matches_paper": bool(order_matches),
                "scale": "full" if full else "reduced"}, fh)
 
 # %% [markdown]
-# **What this shows at reduced scale.** The check cells assert what is robust: every row trains for the same
-# number of steps with finite losses, the teacher terms are active exactly when distilling, and the table is
-# computed. Whether distillation beats GT-only is *printed*, not asserted: with a handful of steps from a
-# randomly initialised encoder (no ImageNet weights offline), a teacher that itself trained for only a few
-# steps, and two synthetic validation videos, the gaps are within run-to-run noise. The distillation terms add
-# a dense, smooth target that typically lowers KLD early on, but the paper's ordering (GT < +TD < +AD, Table 4)
-# is a statement about 200 epochs on DHF1K with a converged HD2S; run the full-scale command above to test it.
+# **What this shows at reduced scale — and what it does not.** The check cells assert what is robust: every row
+# trains for the same number of steps with finite losses, the teacher terms are active exactly when distilling,
+# the D1 ↔ teacher-conspicuity KL goes down, and the table is computed.
+#
+# **At the default reduced scale, distillation does *not* beat GT-only training** (the lines above print the
+# comparison; in our runs the three rows agree to three or four decimals and the ordering is not the paper's).
+# Why: (1) six SGD steps from a randomly initialised encoder (no ImageNet weights offline) are not enough for any
+# row to learn a spatial pattern — every student still predicts a nearly uniform map in eval mode (val CC ≈ 0,
+# KLD equal to a flat map's); (2) the reduced HD2S teacher trained for 30 steps itself outputs nearly flat final
+# maps (KL(student final, teacher final) ≈ 0.003 above), so the final-map distillation term carries almost no
+# signal, and only its conspicuity maps (the D1 term) differ from uniform; (3) two synthetic validation videos
+# make any remaining difference noise. The paper's ordering (GT < +TD < +AD, Table 4) is a statement about
+# 200 epochs on DHF1K with a converged HD2S; the full-scale command at the top runs exactly that comparison.

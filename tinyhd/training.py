@@ -572,7 +572,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
     n_batches = len(shard_batches(n_target + aux_per_epoch, cfg.batch_size, rank, world))
     total = cfg.epochs * n_batches if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * n_batches)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=total, initial=min(state["step"], total), disable=not (is_main and cfg.progress),
                desc=f"train {out_dir.name}", unit="step")
