@@ -428,7 +428,8 @@ def test_auc_judd_invariant_to_monotone_transforms(p, f, seed):
         if len(np.unique(q)) == q.size:  # the transform kept the values distinct in floating point
             assert M.auc_judd(q, f, jitter=False) == pytest.approx(base, abs=1e-12)
     assert 0.0 <= base <= 1.0
-    assert M.auc_judd(p, f, rng=seed) == pytest.approx(base, abs=1e-4)
+    if np.diff(np.sort(p.ravel())).min() > 2e-7:  # jitter (< 1e-7) cannot reorder these values
+        assert M.auc_judd(p, f, rng=seed) == pytest.approx(base, abs=1e-4)
 
 
 @_settings
