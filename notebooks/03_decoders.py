@@ -15,9 +15,10 @@
 # %% [markdown]
 # # 03 · The three decoders D1, D2, D3 and why TinyHD mixes them
 #
-# TinyHD (WACV 2023, §3.2.1): *"we employ three different decoder architectures [...]: a hierarchical
-# decoder (D1) [...], a U-Net-like decoder (D2) [...] and a decoder based on deep layer aggregation (D3)"*,
-# all built from one lightweight block, and fused by a 1×1 convolution. This notebook
+# TinyHD (WACV 2023, §3.2.1): *"The set of heterogeneous decoders, employed in our model, includes D1
+# (hierarchical map aggregation), D2 (U-Net-like) and D3 (deep layer aggregation). [...] D1 produces four
+# intermediate saliency maps, while D2 and D3 produce a map each. The fusion layer that computes the final
+# output map is implemented as a 1×1 convolution of the predicted maps."* This notebook
 #
 # 1. builds the one block (the 3D inverted residual, **IRB**) and the three decoders from `tinyhd`, and
 #    checks their widths, temporal codes and parameter counts against the authors' released weights;
@@ -79,8 +80,9 @@ def n_params(module: torch.nn.Module) -> int:
 # %% [markdown]
 # ## 1 · One block for everything: the 3D inverted residual (IRB)
 #
-# Paper §3.2.1: the decoders use *"3D inverted residual blocks [MobileNetV2]"*. The authors' code (spec
-# sheet (b)) pins it down: torchvision's `InvertedResidual(i, o, stride=1, expand_ratio=2)` turned 3D with
+# The paper leaves the decoders' layers to its supplementary material (*"Architectural details are reported
+# in the supplementary materials"*, §3.2.1). The authors' code (spec sheet (b)) builds all three from one
+# block: torchvision's `InvertedResidual(i, o, stride=1, expand_ratio=2)` turned 3D with
 # its residual **off** — 1×1×1 conv i→2i + BN + ReLU6, depthwise (kt,3,3) + BN + ReLU6, 1×1×1 conv 2i→o + BN,
 # no bias anywhere. Its depthwise conv carries the only temporal extent, written (kt, st, pt):
 # **T↓** = (3,2,1) halves T, **T1** = (1,1,0) and **T3** = (3,1,1) keep it.
@@ -108,6 +110,12 @@ assert IRB(24, 24, T1).eval()(torch.zeros(1, 24, 2, 4, 4)).abs().max() < 1e-6  #
 # widths and temporal codes in the **S** model (MISO, all decoders single-output) and in the released
 # **M** model (D1 single-output, D2/D3 multi-output), beside the per-component parameter split measured on
 # the authors' code (sheet, "Parameter split").
+#
+# **Paper vs released weights.** §3.2.1 describes MIMO as *"decoders that predict a number of saliency maps
+# equal to the number of frames provided to the encoder"*. The released TinyHD-M runs D1 single-output: its
+# four maps (one set per clip) are repeated over the 16 frames before the fusion; only D2 and D3 are
+# multi-output. We follow the weights (`TinyHD(output="multi")`); `d1_output="multi"` builds the all-MIMO D1
+# of the authors' training config (same weight shapes).
 
 # %%
 SHEET_SPLIT = {  # encoder, D1, D2, D3, fusion — from the authors' code

@@ -185,7 +185,7 @@ def load_official_checkpoint(path: str | os.PathLike, map_location: str | torch.
         raise CheckpointError(f"{path}: 'student_model' is a {type(sd).__name__}, not a state dict")
     model = TinyHD(**_state_dict_variant(sd, path))
     port_official_state_dict(model, sd, path)
-    return model.eval()
+    return _to_device(model, map_location).eval()
 
 
 # ---------------------------------------------------------------------------------------------- our format
@@ -235,9 +235,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             config = config["model"]  # a training config that nests the model kwargs
         if isinstance(config, Mapping):
             config = {k: v for k, v in config.items() if k in _TINYHD_KWARGS} if obj.get("format") != FORMAT else config
-        return _from_config(config, obj["model"], path).eval()
+        return _to_device(_from_config(config, obj["model"], path), map_location).eval()
     raise CheckpointError(f"{path}: not a TinyHD checkpoint: expected {{'format': 'tinyhd', 'config', 'model'}} "
                           f"or the authors' {{'student_model': ...}}, found {_describe(obj)}")
+
+
+def _to_device(model: TinyHD, map_location: Any) -> TinyHD:
+    """Put the model where ``map_location`` put the tensors (a device or its name; other forms: left on CPU)."""
+    if isinstance(map_location, (str, torch.device)):
+        return model.to(torch.device(map_location))
+    return model
 
 
 _TINYHD_KWARGS = ("output", "decoders", "reduction", "pretrained_backbone", "d1_output", "fusion_order")

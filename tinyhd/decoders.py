@@ -1,8 +1,10 @@
 """TinyHD's three decoders D1 (hierarchical), D2 (U-Net-like) and D3 (DLA-like), paper §3.2.1.
 
-"We employ three different decoder architectures [...] simplified versions of [...] hierarchical [HD2S],
-U-Net and deep layer aggregation" — each built only from one small block, the 3D inverted residual
-:class:`IRB`, plus pixel shuffles and trilinear upsampling. The widths, temporal codes and upsampling modes
+"The set of heterogeneous decoders, employed in our model, includes D1 (hierarchical map aggregation),
+D2 (U-Net-like) and D3 (deep layer aggregation). [...] D1 produces four intermediate saliency maps, while D2
+and D3 produce a map each." The paper leaves the details to its supplementary material; in the authors' code
+each decoder is built only from one small block, the 3D inverted residual :class:`IRB`, plus pixel shuffles
+and trilinear upsampling. The widths, temporal codes and upsampling modes
 are those of the authors' released weights (``shared/spec/tinyhd_architecture.md`` (b), (d)); each decoder
 exposes them as constructor data (``widths``: list of (in, out) per IRB, ``temporal``: list of (kt, st, pt)).
 

@@ -1,7 +1,9 @@
 """The TinyHD encoder: torchvision's MobileNetV2 inflated to 3D, and its four multi-level blocks B0..B3.
 
-Paper §3.1: "we employ a MobileNetV2 [...] inflated to 3D [...] features extracted at different depths are
-grouped into four blocks". The layer-by-layer truth is the authors' released code and weights
+Paper §3.2: "A 2D convolutional kernel of size C_in × C_out × H × W can be inflated into a 3D kernel of size
+C_in × C_out × T × H × W by replicating its weights along the temporal dimension T. [...] Given the inflated
+MobileNetV2 encoder, we follow the approach in FastSal to extract four blocks of concatenated feature from the
+whole set of layers." The layer-by-layer truth is the authors' released code and weights
 (``shared/spec/tinyhd_architecture.md`` (a) and (d)):
 
 * all 19 ``mobilenet_v2().features`` layers are used (including the last 1×1 conv to 1280);

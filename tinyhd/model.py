@@ -1,13 +1,15 @@
 """TinyHD: inflated MobileNetV2 encoder + heterogeneous decoders D1/D2/D3 + 1×1 fusion (paper §3.1–3.2).
 
-"The outputs of the decoders are concatenated and fed to a final 1×1 convolution followed by a sigmoid"
-(§3.2). MISO (``output="single"``, TinyHD-S): one map for the last frame of a 16-frame clip; MIMO
+"The fusion layer that computes the final output map is implemented as a 1×1 convolution of the predicted
+maps" (§3.2.1); in the authors' code a sigmoid follows it. MISO (``output="single"``, TinyHD-S): one map for the last frame of a 16-frame clip; MIMO
 (``output="multi"``, TinyHD-M): one map per input frame. Faithful to the released weights
 (``shared/spec/tinyhd_architecture.md``):
 
 * encoder temporal config "S" when every decoder is single-output, "M" otherwise;
 * the released M is *mixed*: D1 single-output (its four maps repeated along T before fusion), D2/D3
-  multi-output; ``d1_output="multi"`` gives the all-multi D1 of the authors' ``train_config_multi_rc.yaml``;
+  multi-output; ``d1_output="multi"`` gives the all-multi D1 of the authors' ``train_config_multi_rc.yaml``.
+  (The paper, §3.2.1, describes MIMO as "decoders that predict a number of saliency maps equal to the number
+  of frames"; we follow the released weights, whose D1 predicts one set of four maps per clip.)
 * fusion: S ``Conv2d(n→1, 1×1)`` (kaiming normal fan-out, zero bias), M ``Conv3d(n→1, 1×1×1)`` (PyTorch
   default init); input order [d1 maps, d2, d3] or, ``fusion_order="d1_last"``, [d2, d3, d1 maps] (the
   released ×1 M weights).
