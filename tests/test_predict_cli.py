@@ -189,7 +189,7 @@ def test_help_documents_frame_naming(capsys):
         cli(["predict", "--help"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "%04d.png" in text and "1-based" in text and "--overlay" in text
+    assert "%04d.png" in text and "%%" not in text and "1-based" in text and "--overlay" in text
 
 
 @pytest.mark.official

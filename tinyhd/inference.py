@@ -350,7 +350,7 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="tinyhd predict",
         description=("Saliency maps for a video with a TinyHD checkpoint, computed as the authors' generate.py "
-                     "does: one grayscale PNG per frame at the video's original size, named %%04d.png with "
+                     "does: one grayscale PNG per frame at the video's original size, named %04d.png with "
                      "1-based frame numbers (0001.png is the first frame), written to DIR. With --overlay, also "
                      "DIR/overlay.mp4: the video with the map blended in as a JET heatmap."))
     parser.add_argument("video", metavar="VIDEO", help="a video file (any format OpenCV decodes) or a folder of frames")
