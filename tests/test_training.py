@@ -164,28 +164,52 @@ def test_changed_config_refuses_to_resume(tmp_path):
     assert [r["step"] for r in res.history if r["kind"] == "train"] == [1, 2]
 
 
-def test_teacher_assistant_chain(tmp_path):
-    base = {**TINY, "size": [32, 32], "max_steps": 1}
-    stages = [{"name": "x1", "distill_on": "none"},
-              {"name": "x1_2_ta", "init_from": "@x1", "reduce_factor": 2, "teacher": "student:@x1",
-               "distill_on": "target"}]
-    results = train_chain(base, stages, tmp_path)
-    assert results["x1"].model.config["reduction"] == 1
-    assert results["x1_2_ta"].model.config["reduction"] == 2
-    rows = [r for r in results["x1_2_ta"].history if r["kind"] == "train"]
-    assert rows and rows[0]["kd_final"] > 0 and rows[0]["kd_d1"] > 0
-    # the ×½ student's encoder starts from the ×1 kernels averaged (reduce_channels), not at random
-    from tinyhd.reduction import reduce_channels
-    from tinyhd.training import load_model
+def test_teacher_assistant_chain_from_the_command_line(tmp_path):
+    """A `stages:` YAML through `tinyhd train`: ×1, then a ×½ student averaged from it and distilled from it (TA)."""
+    cfg = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY.items()}, "max_steps": 1,
+           "stages": [{"name": "x1", "distill_on": "none"},
+                      {"name": "x1_2_ta", "init_from": "@x1", "reduce_factor": 2, "teacher": "student:@x1",
+                       "distill_on": "target"}]}
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "out")]) == 0
+    from tinyhd.training import _read_log, load_model
 
-    x1 = load_model(tmp_path / "x1" / "best.pt")
-    torch.manual_seed(0)
-    expected = reduce_channels(x1, 2).state_dict()
-    start = train(TrainConfig(**{**TINY, "max_steps": 1}, init_from=str(tmp_path / "x1" / "best.pt"),
-                              reduce_factor=2, distill_on="none", lr=1e-12, momentum=0.0, weight_decay=0.0),
+    assert load_model(tmp_path / "out" / "x1" / "last.pt").config["reduction"] == 1
+    assert load_model(tmp_path / "out" / "x1_2_ta" / "last.pt").config["reduction"] == 2
+    rows = [r for r in _read_log(tmp_path / "out" / "x1_2_ta" / "log.jsonl") if r["kind"] == "train"]
+    assert rows and rows[0]["kd_final"] > 0 and rows[0]["kd_d1"] > 0
+    # the ×½ student's encoder started from the ×1 kernels averaged (reduce_channels), not at random:
+    # with lr 0 the weights after one step are the initial ones
+    from tinyhd.reduction import reduce_channels
+
+    expected = reduce_channels(load_model(tmp_path / "out" / "x1" / "best.pt"), 2).state_dict()
+    start = train(TrainConfig(**{**TINY, "max_steps": 1}, init_from=str(tmp_path / "out" / "x1" / "best.pt"),
+                              reduce_factor=2, distill_on="none", lr=1e-30, momentum=0.0, weight_decay=0.0),
                   tmp_path / "probe").model.state_dict()
     key = next(k for k in expected if k.startswith("encoder.") and k.endswith("weight"))
     assert torch.allclose(start[key], expected[key], atol=1e-6)
+    # a second run of the same command finds every stage finished
+    mtime = (tmp_path / "out" / "x1_2_ta" / "last.pt").stat().st_mtime_ns
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "x1_2_ta" / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_hd2s_teacher_on_the_fly(tmp_path):
+    """teacher: hd2s:CKPT runs HD2S on each batch (OnlineTeacher) and feeds Eq. 3."""
+    from tinyhd.teacher import HD2S, save_hd2s
+    from tinyhd.training import build_teacher
+
+    torch.manual_seed(0)
+    save_hd2s(HD2S(pretrained_backbone=False), tmp_path / "hd2s.pt")
+    cfg = TrainConfig(**TINY, teacher=f"hd2s:{tmp_path / 'hd2s.pt'}", distill_on="target", max_steps=1)
+    t = build_teacher(cfg)
+    maps = t({"clip": torch.randn(1, 3, 16, 32, 32), "frame_index": torch.tensor([[15]]), "video": ["001"],
+              "flip": torch.tensor([False])})
+    assert maps["final"].shape == (1, 1, 32, 32) and maps["conspicuity"].shape == (1, 4, 1, 32, 32)
+    res = train(cfg, tmp_path / "run")
+    rows = [r for r in res.history if r["kind"] == "train"]
+    assert rows[0]["kd_final"] > 0 and rows[0]["kd_d1"] > 0
 
 
 def test_student_teacher_contract():
