@@ -1,0 +1,83 @@
+"""One TinyHD distillation step with the teacher-map cache vs with HD2S run on the fly.
+
+A distillation step = teacher maps for the batch + student forward + the Eq. 2/3 loss + backward + SGD step.
+With :class:`tinyhd.teacher.OnlineTeacher` the teacher costs one HD2S forward per target frame (16 per MIMO
+sample); with :class:`tinyhd.teacher_cache.CachedTeacher` it is a memory-mapped read. Prints the median time of
+each and the speed-up (issue 5's goal: ≥ 10×).
+
+Uses the reduced-scale teacher (``ensure_reduced_teacher``: built once and cached, ~2–3 min the first time on a
+2-core CPU) on the synthetic set. Usage::
+
+    python benchmarks/distill_step.py [--output multi|single] [--batch 2] [--repeats 3] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output", default="multi", choices=("single", "multi"))
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", default="64x96")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    size = tuple(int(v) for v in args.size.split("x"))
+
+    import tinyhd
+    from tinyhd.data import SaliencyClipDataset
+    from tinyhd.losses import distillation_loss
+    from tinyhd.synth import ensure_synthetic
+    from tinyhd.teacher import OnlineTeacher, load_hd2s
+    from tinyhd.teacher_cache import CachedTeacher, ensure_reduced_teacher
+    from tinyhd.training import collate
+
+    root = ensure_synthetic("dhf1k")
+    ckpt, cache = ensure_reduced_teacher(root, size=size)
+    ds = SaliencyClipDataset(root, split="train", size=size, output=args.output, sampling="random", seed=0)
+    teachers = {"cached": CachedTeacher(cache), "on the fly": OnlineTeacher(load_hd2s(ckpt), frames=ds.frames)}
+    torch.manual_seed(0)
+    student = tinyhd.TinyHD(output=args.output)
+    opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
+    batches = [collate([ds[(r * args.batch + j) % len(ds)] for j in range(args.batch)]) for r in range(args.repeats + 1)]
+
+    def step(teacher, batch) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        maps = teacher(batch)
+        t1 = time.perf_counter()
+        out = student(batch["clip"])
+        loss = distillation_loss(out, batch, maps)["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0, t1 - t0
+
+    results = {}
+    for name, teacher in teachers.items():
+        step(teacher, batches[0])  # warm-up (opens the memory maps, allocator)
+        times = [step(teacher, b) for b in batches[1:]]
+        results[name] = (statistics.median(t for t, _ in times), statistics.median(t for _, t in times))
+    print(f"distillation step, TinyHD-{'M' if args.output == 'multi' else 'S'}, batch {args.batch}, "
+          f"{size[0]}×{size[1]}, {args.threads} CPU thread(s), median of {args.repeats}:")
+    for name, (total, teach) in results.items():
+        print(f"  teacher {name:>10}: {total * 1000:9.1f} ms/step  (teacher maps {teach * 1000:9.1f} ms)")
+    # the cache mirrors maps for flipped clips; how far is that from running HD2S on the mirrored clip?
+    b = batches[0]
+    mirrored = {**b, "clip": b["clip"].flip(-1), "flip": ~b["flip"].bool()}
+    on, ca = teachers["on the fly"](mirrored)["final"], teachers["cached"](mirrored)["final"]
+    r = torch.corrcoef(torch.stack([on.flatten(), ca.flatten()]))[0, 1]
+    print(f"  flip by mirroring vs HD2S on the mirrored clip: mean |Δ| {float((on - ca).abs().mean()):.4f}, "
+          f"max |Δ| {float((on - ca).abs().max()):.4f}, CC {float(r):.4f}")
+    speedup = results["on the fly"][0] / results["cached"][0]
+    print(f"  speed-up of the cache: {speedup:.1f}× per step (goal ≥ 10×), "
+          f"{results['on the fly'][1] / max(results['cached'][1], 1e-9):.0f}× for the teacher maps alone")
+
+
+if __name__ == "__main__":
+    main()
