@@ -451,3 +451,11 @@ def test_sim_in_unit_interval_and_kld_nonnegative(p, q):
 def test_aucs_in_unit_interval(p, f, seed):
     for v in (M.auc_judd(p, f, rng=seed), M.auc_borji(p, f, rng=seed), M.auc_shuffled(p, f, ~f, rng=seed)):
         assert math.isnan(v) or 0.0 <= v <= 1.0
+
+
+def test_imresize_equals_dense_weight_matrices():
+    a = np.random.default_rng(5).random((45, 80))
+    for shape in [(90, 160), (20, 33), (45, 200), (7, 80)]:
+        dense = M._resize_matrix(45, shape[0]) @ a @ M._resize_matrix(80, shape[1]).T
+        np.testing.assert_allclose(M.imresize(a, shape), dense, rtol=0, atol=1e-13)
+        assert np.allclose(M._resize_matrix(45, shape[0]).sum(axis=1), 1.0)  # weights sum to one
