@@ -459,3 +459,13 @@ def test_imresize_equals_dense_weight_matrices():
         dense = M._resize_matrix(45, shape[0]) @ a @ M._resize_matrix(80, shape[1]).T
         np.testing.assert_allclose(M.imresize(a, shape), dense, rtol=0, atol=1e-13)
         assert np.allclose(M._resize_matrix(45, shape[0]).sum(axis=1), 1.0)  # weights sum to one
+
+
+def test_torch_tensors_are_accepted():
+    import torch
+
+    rng = np.random.default_rng(7)
+    p, q = rng.random((12, 16)), rng.random((12, 16))
+    f = q > 0.8
+    assert M.cc(torch.from_numpy(p).float(), torch.from_numpy(q)) == pytest.approx(M.cc(p.astype(np.float32), q))
+    assert M.nss(torch.from_numpy(p), torch.from_numpy(f)) == pytest.approx(M.nss(p, f))

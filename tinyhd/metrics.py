@@ -53,7 +53,12 @@ def _rng(rng: Any) -> np.random.Generator:
 
 
 def _as_map(x: Any, what: str) -> np.ndarray:
-    """A 2-D float64 copy of a map (H×W, or H×W×1 / H×W×C images: channel 0, as DHF1K's ``result(:,:,1)``)."""
+    """A 2-D float64 copy of a map (H×W, or H×W×C images: channel 0, as DHF1K's ``result(:,:,1)``).
+
+    NumPy arrays, nested lists and torch tensors (any device) are accepted.
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor (any device)
+        x = x.detach().cpu().numpy()
     try:
         a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic objects
