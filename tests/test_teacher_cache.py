@@ -191,3 +191,37 @@ def test_reduced_teacher_is_built_once(tmp_path, monkeypatch, data_root):
     ds = dataset(data_root, "single")
     out = r(batch_of([ds[1]]))
     assert out["final"].shape == (1, 1, *SIZE) and out["conspicuity"].shape == (1, 4, 1, *SIZE)
+
+
+def test_train_hd2s_checkpoints_and_resumes(tmp_path, data_root):
+    from tinyhd.teacher import load_hd2s, train_hd2s
+
+    torch.manual_seed(0)
+    model = HD2S()
+    before = model.last_conv.weight.detach().clone()
+    losses = train_hd2s(model, data_root, steps=1, size=SIZE, batch_size=1, accumulation=2, out_dir=tmp_path,
+                        progress=False)
+    assert len(losses) == 1 and np.isfinite(losses[0]) and losses[0] > 0
+    assert not torch.equal(model.last_conv.weight, before)  # Adam moved the fusion
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 1 and "featureExtractor.block1.0.conv_s.weight" in state["model"]  # authors' layout
+    # resuming continues from step 1 with the saved weights: the first loss is kept, one new step is added
+    fresh = HD2S()
+    more = train_hd2s(fresh, data_root, steps=2, size=SIZE, batch_size=1, accumulation=2, out_dir=tmp_path,
+                      progress=False)
+    assert len(more) == 2 and more[0] == losses[0]
+    save_hd2s(fresh, tmp_path / "h.pt")
+    assert torch.equal(load_hd2s(tmp_path / "h.pt").last_conv.weight, fresh.last_conv.weight)
+
+
+def test_pretrained_backbone_offline_message(monkeypatch):
+    import torchvision.models.video as tvv
+
+    def offline(*args, **kwargs):
+        if kwargs.get("weights") is not None:
+            raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+        return tvv.S3D()
+
+    monkeypatch.setattr(tvv, "s3d", offline)
+    with pytest.raises(UserError, match="Kinetics-400 S3D weights.*pretrained_backbone=False"):
+        HD2S(pretrained_backbone=True)

@@ -17,6 +17,20 @@ Module names follow the authors' released code (``featureExtractor``, ``conv_t5`
 their checkpoints load *strictly* (:func:`load_official_hd2s`); the S3D backbone is torchvision's
 (:mod:`tinyhd.s3d`), renamed through an explicit key map. Everything that deviates from the authors' code is
 said where it happens (fact sheet ``shared/spec/hd2s_architecture.md``, cited as "sheet §n").
+
+Where the paper and the authors' code disagree we follow the code (the sheet) and say so:
+
+* **First T−1 frames.** The paper predicts them from time-reversed windows; the authors' test code instead swaps
+  the colour channels of the forward window (a ``flip`` on the wrong axis, sheet §9). TinyHD's inference and
+  ``tinyhd.data`` pad the window by repeating frame 0; the teacher wrapper and cache do the same
+  (:func:`window_indices`), so teacher maps and student clips always see the same frames.
+* **Post-smoothing.** The paper says Gaussian σ = 5; the code blurs with σ = 7 at 128×192 (base/DA) or learns σ
+  (DSL, initial 5). As a teacher HD2S is used unsmoothed (sheet §12), so no filter lives in the model here.
+* **Training recipe.** Paper: batch 8 × 25 accumulated, 2,500 steps; base script: 16 × 25, 5,000 steps. Both are
+  arguments of :func:`train_hd2s`. The DA script's saliency loss is the final map only, the paper's Eq. 1 is
+  multi-level; :class:`HD2S_DA` returns all maps so either can be used.
+* **DSL quantisation** cuts the gradient to the per-domain fusion in the authors' code (sheet §11); we use a
+  straight-through quantisation so that every domain-specific parameter is trained (tested).
 """
 from __future__ import annotations
 
@@ -575,7 +589,9 @@ WINDOW = 16  # HD2S's clip length
 
 def window_indices(frame_index: Sequence[int] | torch.Tensor, clip_len: int = WINDOW) -> torch.Tensor:
     """For each target frame t, the indices of the ``clip_len`` frames ending at t; before frame 0, frame 0
-    repeats (the padding of :func:`tinyhd.data.clip_frame_indices`, so a MISO clip *is* its window).
+    repeats (the padding of :func:`tinyhd.data.clip_frame_indices`, so a MISO clip *is* its window). The
+    HD2S paper time-reverses these first windows and its code swaps colours instead (sheet §9); we pad like
+    TinyHD's inference and data loaders so that teacher and student see the same frames.
 
     ``len(frame_index)`` × ``clip_len`` int64.
     """
