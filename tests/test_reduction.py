@@ -59,6 +59,18 @@ def test_pointwise_rule_mixes_rows_and_columns():
     assert new[0, 0].squeeze().item() != pytest.approx(block.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("O, I, r", [(16, 32, 2), (32, 16, 2), (64, 24, 4), (320, 96, 4)])
+def test_pointwise_closed_form(O, I, r):
+    """When r² divides O: new[o', i'] = mean_q W[q·O/r² + o' // r, (o' % r)·I/r + i']."""
+    w = torch.randn(O, I, 1, 1, 1, dtype=torch.float64)
+    new = average_kernels(w, (O // r, I // r, 1, 1, 1))[..., 0, 0, 0]
+    W = w[..., 0, 0, 0]
+    for o in range(O // r):
+        for i in range(I // r):
+            rows = [q * O // r ** 2 + o // r for q in range(r * r)]
+            assert new[o, i].item() == pytest.approx(W[rows, (o % r) * I // r + i].mean().item(), rel=1e-12)
+
+
 def test_bn_vector_is_view_r_minus_one_mean():
     gamma = torch.randn(24)
     torch.testing.assert_close(average_kernels(gamma, (6,)), gamma.view(4, -1).mean(0))

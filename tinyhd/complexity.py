@@ -264,7 +264,9 @@ PAPER_COMPLEXITY: dict[str, dict[str, Any]] = {
     "D1×3": {"params": 2.95e6, "gmacs_16": 7.35 * 16, "source": "Table 3"},
     "D2×3": {"params": 6.00e6, "gmacs_16": 5.33 * 16, "source": "Table 3"},
     "D3×3": {"params": 2.88e6, "gmacs_16": 4.03 * 16, "source": "Table 3"},
-    "HD2S": {"params": 29.8e6, "gmacs_16": 11.08 * 16, "source": "Table 1a (11.08×16, 29.8M)"},
+    # HD2S's 11.08 is for its own 128×192 input (spec sheet hd2s_architecture.md: 11.06 there, 22.12 at 192×256)
+    "HD2S": {"params": 29.8e6, "gmacs_16": 11.08 * 16, "input_hw": (128, 192),
+             "source": "Table 1a (11.08×16, 29.8M), at HD2S's 128×192 input"},
 }
 
 #: Spec-sheet measurements of the authors' code (ptflops "pytorch" backend, GMAC per forward; exact params).
@@ -303,30 +305,55 @@ def build_variant(name: str) -> nn.Module:
 
 
 def complexity_table(names: Iterable[str] | None = None,
-                     input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE):
+                     input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+                     count_at: tuple[int, int] | None = None, by_operator: bool = False):
     """A ``pandas.DataFrame`` with our params/GMACs beside the paper's (Tables 1a, 3, 5a), one row per variant.
 
-    Columns: ``params`` and ``paper params``; ``GMAC/forward``; ``GMAC/16 maps`` (ours, the paper's unit)
+    Columns: ``params`` and ``paper params``; ``GMAC/forward``; ``GMAC/16 maps`` (ours, in the paper's unit)
     and ``paper GMAC/16 maps``; ``ratio`` (ours / paper); ``source`` (where the paper prints it).
-    Default rows: the six Table 5a variants. Counting at full size takes about a second per model.
+    Default rows: the six Table 5a variants.
+
+    ``count_at=(h, w)`` traces at h×w instead of ``input_shape``'s H×W and scales by the area ratio. For
+    TinyHD with H, W multiples of 32 every feature map shrinks by exactly that ratio and every counted
+    op is proportional to a map's area, so the result is exact (checked in ``tests/test_complexity.py``);
+    it saves time (tracing costs a few seconds a model on a busy 2-core CPU). ``by_operator=True`` adds
+    the split of GMAC/forward into conv, BN, ReLU(6), upsample and pooling.
     """
     import pandas as pd
 
+    shape = _check_input_shape(input_shape)
+    scale = 1.0
+    if count_at is not None:
+        h, w = (int(v) for v in count_at)
+        scale = shape[-2] * shape[-1] / (h * w)
+        shape = (*shape[:-2], h, w)
     names = list(names) if names is not None else [n for n in VARIANTS if n.startswith("TinyHD")]
     rows = []
     for name in names:
         model = build_variant(name)
-        ours = count_complexity(model, input_shape)
-        per_16 = ours["gmacs"] * 16 / maps_per_forward(model, input_shape)
         paper = PAPER_COMPLEXITY.get(name, {})
+        if "input_hw" in paper:  # a model the paper counts at its own input size (HD2S)
+            row_shape, row_scale = (*shape[:-2], *paper["input_hw"]), 1.0
+        else:
+            row_shape, row_scale = shape, scale
+        by_op = macs_by_operator(model, row_shape)  # one trace; count_complexity's total is its sum
+        gmacs = sum(by_op.values()) * row_scale / 1e9
+        per_16 = gmacs * 16 / maps_per_forward(model, row_shape)
         rows.append({
             "model": name,
-            "params": ours["params"],
+            "params": sum(p.numel() for p in model.parameters()),
             "paper params": paper.get("params"),
-            "GMAC/forward": round(ours["gmacs"], 3),
-            "GMAC/16 maps": round(per_16, 2),
+            "GMAC/forward": round(gmacs, 4),
+            "GMAC/16 maps": round(per_16, 3),
             "paper GMAC/16 maps": paper.get("gmacs_16"),
             "ratio": round(per_16 / paper["gmacs_16"], 4) if paper else None,
+            "input": "×".join(map(str, paper.get("input_hw", input_shape[-2:]))),
             "source": paper.get("source", ""),
         })
+        if by_operator:
+            groups = {"conv": ("_convolution", "linear"), "BN": ("batch_norm",), "ReLU(6)": ("hardtanh", "relu"),
+                      "upsample": ("upsample", "_upsample"), "pool": ("max_pool", "avg_pool", "adaptive_")}
+            for col, keys in groups.items():
+                rows[-1][f"{col} GMAC/fwd"] = round(sum(v for k, v in by_op.items()
+                                                        if k.startswith(keys)) * row_scale / 1e9, 4)
     return pd.DataFrame(rows).set_index("model")

@@ -12,7 +12,9 @@ one extra leading axis of length ``k = numel(W) / numel(W')`` — and averaged o
   the mean of the old channels ``c' + j·O/r``, ``j = 0..r-1`` — channels *strided* by ``O/r``;
 * pointwise (1×1×1) convs have ``k = r²``, and
   ``new[o', i'] = mean_q W_flat[q·O'I' + o'·I' + i']`` with ``W_flat[n] = W[n // I, n % I]``, which mixes
-  rows (output channels) and columns (input channels) of the weight matrix;
+  rows (output channels) and columns (input channels) of the weight matrix; when r² divides O this is
+  ``mean_q W[q·O/r² + o' // r, (o' % r)·I/r + i']`` — rows strided by O/r², and odd new rows (at r = 2)
+  reading the second half of the old columns;
 * BN γ and β: ``view(r, -1).mean(0)`` — the same rule in one dimension. BN running statistics are not
   transferred (the reduced BNs start at 0/1), and the decoders and fusion are freshly initialised
   (the decoders' widths and upsampling modes change with the reduction, sheet (d)).
