@@ -102,6 +102,8 @@ assert out.saliency.shape == (1, 1, *size) and out.conspicuity.shape == (1, 4, *
 # **Reduced scale** (default): no DHF1K, no released predictions, no GPU. We compare small models of *different
 # architectures* trained here briefly on the synthetic set (96×128 frames, moving salient objects):
 #
+# * **HD2S level 2…5**: the reduced HD2S's four conspicuity maps — four decoders on one S3D encoder, each
+#   supervised by the multi-level loss: the closest we get here to Fig. 2's "same encoder, different decoding";
 # * **HD2S (reduced)**: trained from scratch for `teacher_steps` Adam steps at 64×96 (`tinyhd.teacher_cache.ensure_reduced_hd2s`;
 #   the same checkpoint is the teacher of the reduced-scale distillation notebooks);
 # * **TinyHD-D1 / -D2 / -D3**: TinyHD with a single decoder (hierarchical maps, U-Net-like, DLA-like), trained on
@@ -131,17 +133,25 @@ else:
         gts += [g[i] for i in idx]
     gt = np.stack(gts)                                                    # N×96×128 in [0, 1]
 
-    models = {"HD2S (reduced)": teacher.load_hd2s(ensure_reduced_hd2s(root, size=size, steps=teacher_steps,
-                                                                       seed=seed, progress=False))}
+    hd2s_small = teacher.load_hd2s(ensure_reduced_hd2s(root, size=size, steps=teacher_steps, seed=seed,
+                                                        progress=False))
+    per_video = [similarity.predict_maps(hd2s_small, ds.frames(v), size, videos[v], conspicuity=True)
+                 for v in ds.video_ids]
+    predictions = {"HD2S (reduced)": np.concatenate([p for p, _ in per_video])}
+    consp = np.concatenate([c for _, c in per_video])                    # N×4×H×W, levels 2..5
+    for k, level in enumerate((2, 3, 4, 5)):
+        predictions[f"HD2S level {level}"] = consp[:, k]
+    models = {}
     for d in ("d1", "d2", "d3"):
         cfg = TrainConfig(data_root=str(root), size=size, decoders=(d,), output="single", teacher=None,
                           distill_on="none", epochs=1000, max_steps=student_steps, batch_size=2, lr=0.01,
                           aux_per_target=0, seed=seed, progress=False, num_threads=1, val_videos=1,
                           val_clips_per_video=1)
-        models[f"TinyHD-{d.upper()}"] = train(cfg, out_dir / f"tinyhd_{d}_s{student_steps}").model.cpu()
+        models[f"TinyHD-{d.upper()} ({student_steps} steps)"] = train(
+            cfg, out_dir / f"tinyhd_{d}_s{student_steps}").model.cpu()
 
-    predictions = {name: np.concatenate([similarity.predict_maps(m, ds.frames(v), size, videos[v])
-                                         for v in ds.video_ids]) for name, m in models.items()}
+    predictions.update({name: np.concatenate([similarity.predict_maps(m, ds.frames(v), size, videos[v])
+                                              for v in ds.video_ids]) for name, m in models.items()})
     predictions["centre bias"] = np.repeat(centre_bias(gt.shape[1:])[None], len(gt), axis=0)
     scale = f"reduced scale: synthetic {split} split, {len(gt)} frames"
 print(scale, "| models:", ", ".join(predictions))
@@ -154,10 +164,10 @@ print(scale, "| models:", ", ".join(predictions))
 
 # %%
 mats = {m: similarity.similarity_matrix(predictions, gt, metric=m) for m in ("cc", "sim")}
-fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+fig, axes = plt.subplots(1, 2, figsize=(16, 7))
 for ax, (m, mat) in zip(axes, mats.items()):
     sns.heatmap(mat.astype(float), annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, square=True, ax=ax,
-                cbar=False)
+                cbar=False, annot_kws={"fontsize": 7})
     ax.set_title(f"{m.upper()} between predictions ({scale})", fontsize=9)
 fig.tight_layout()
 fig.savefig(out_dir / "fig1_similarity.png", dpi=120)
@@ -178,11 +188,12 @@ for m, mat in mats.items():
 #
 # The paper reports CC 0.470–0.511 and SIM 0.361–0.406 against the DHF1K ground truth for TASED, ViNet and HD2S,
 # and pairwise similarities that are "relatively low" by comparison (Fig. 1). Below: the mean model–model and
-# model–GT similarity of what we computed, beside the paper's model–GT range. The centre bias is left out of the
-# model–model mean (it is a baseline, not a learned model).
+# model–GT similarity of what we computed, beside the paper's model–GT range. The model–model mean is over the
+# separately trained models (HD2S and the TinyHD variants); the centre bias (a baseline) and HD2S's own
+# conspicuity maps are left out of it.
 
 # %%
-learned = [n for n in predictions if n != "centre bias"]
+learned = [n for n in predictions if n != "centre bias" and not n.startswith("HD2S level")]
 rows = []
 for m, mat in mats.items():
     sub = mat.loc[learned + ["ground truth"], learned + ["ground truth"]]

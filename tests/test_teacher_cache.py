@@ -225,3 +225,34 @@ def test_pretrained_backbone_offline_message(monkeypatch):
     monkeypatch.setattr(tvv, "s3d", offline)
     with pytest.raises(UserError, match="Kinetics-400 S3D weights.*pretrained_backbone=False"):
         HD2S(pretrained_backbone=True)
+
+
+def test_similarity_matrix_and_prediction_folders(tmp_path, data_root):
+    import cv2
+
+    from tinyhd.data import SaliencyClipDataset
+    from tinyhd.similarity import agreement_summary, load_prediction_dirs, similarity_matrix
+
+    ds = SaliencyClipDataset(data_root, split="val", size=None)
+    gt = ds.ground_truth("002").maps                                     # 17×48×64
+    # a "model" that predicted the GT exactly (saved as PNGs, 0001.png = first frame) and one that is its mirror
+    for name, maps in (("exact", gt), ("mirror", gt[:, :, ::-1])):
+        (tmp_path / name / "002").mkdir(parents=True)
+        for t, m in enumerate(maps):
+            cv2.imwrite(str(tmp_path / name / "002" / f"{t + 1:04d}.png"), np.round(m * 255).astype(np.uint8))
+    preds, g = load_prediction_dirs({"exact": tmp_path / "exact", "mirror": tmp_path / "mirror"}, data_root,
+                                    split="val", every=2)
+    assert g.shape == (9, 48, 64) and preds["exact"].shape == (9, 48, 64)
+    for metric in ("cc", "sim"):
+        mat = similarity_matrix(preds, g, metric=metric)
+        assert list(mat.index) == ["exact", "mirror", "ground truth"]
+        assert np.allclose(mat.to_numpy(), mat.to_numpy().T)
+        assert mat.loc["exact", "ground truth"] > 0.99                    # PNG rounding only
+        assert mat.loc["mirror", "ground truth"] < mat.loc["exact", "ground truth"] - 0.05
+        assert mat.loc["exact", "mirror"] == pytest.approx(mat.loc["mirror", "ground truth"], abs=0.02)
+    s = agreement_summary(similarity_matrix(preds, g, "cc"))
+    assert s["model_vs_model"] < s["model_vs_gt"]
+    with pytest.raises(DataError, match="no predictions for video 003"):
+        load_prediction_dirs({"exact": tmp_path / "exact"}, data_root, split="test")
+    with pytest.raises(UserError, match="same frames"):
+        similarity_matrix({"a": g, "b": g[:3]})

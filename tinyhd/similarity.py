@@ -117,12 +117,13 @@ def load_prediction_dirs(prediction_dirs: Mapping[str, str | os.PathLike], data_
 
 
 def predict_maps(model, frames: np.ndarray, size: Sequence[int], indices: Sequence[int] | None = None,
-                 batch_size: int = 8) -> np.ndarray:
+                 batch_size: int = 8, conspicuity: bool = False):
     """One saliency map per requested frame of a video, from the 16-frame window ending at it (frame 0 repeats
     before the start, as everywhere in tinyhd), at ``size`` (H×W). Works for HD2S (given [−1, 1] input) and for
     any student-style model (ImageNet-normalised input, ``.saliency`` B×T'×H×W: the last map is the frame's).
 
-    frames: N×H×W×3 uint8 RGB. Returns F×H×W float32.
+    frames: N×H×W×3 uint8 RGB. Returns F×H×W float32; with ``conspicuity=True`` (HD2S only) also HD2S's four
+    conspicuity maps, F×4×H×W (levels 2, 3, 4, 5), as a second value.
     """
     import torch
 
@@ -134,8 +135,10 @@ def predict_maps(model, frames: np.ndarray, size: Sequence[int], indices: Sequen
     is_hd2s = isinstance(model, HD2S)
     if is_hd2s:
         x = student_to_teacher_input(x)
+    if conspicuity and not is_hd2s:
+        raise UserError("conspicuity maps exist only for HD2S models")
     win = window_indices(indices)
-    out = []
+    out, consp = [], []
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(win), batch_size):
@@ -143,4 +146,8 @@ def predict_maps(model, frames: np.ndarray, size: Sequence[int], indices: Sequen
             o = model(clips)
             s = o.saliency if hasattr(o, "saliency") else o
             out.append(s.reshape(s.shape[0], -1, *s.shape[-2:])[:, -1].float().numpy())
+            if conspicuity:
+                consp.append(o.conspicuity.float().numpy())
+    if conspicuity:
+        return np.concatenate(out), np.concatenate(consp)
     return np.concatenate(out)
