@@ -32,7 +32,7 @@ import math
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -241,7 +241,6 @@ class _EpochClips(Dataset):
 
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack tensors, keep other values in lists. Auxiliary items without GT get zero maps (has_sal False)."""
-    clip0 = items[0]["clip"]
     keys = list(dict.fromkeys(k for it in items for k in it))
     batch: dict[str, Any] = {}
     for key in keys:
@@ -259,7 +258,6 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             batch[key] = values
     if "has_sal" not in batch:
         batch["has_sal"] = torch.zeros(len(items), dtype=torch.bool)
-    assert batch["clip"].shape[1:] == clip0.shape
     return batch
 
 
@@ -631,10 +629,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
         if is_main and metrics_row.get("val_loss", math.inf) < state["best"]:
             state["best"] = metrics_row["val_loss"]
             save(best_path)
-        if (cfg.reload_best_at_milestones and not stopped and state["epoch"] in cfg.milestones
-                and best_path.is_file()):
-            best = torch.load(best_path, map_location="cpu", weights_only=False)
-            model.load_state_dict(best["model"])
+        if cfg.reload_best_at_milestones and not stopped and state["epoch"] in cfg.milestones:
+            if world > 1:
+                dist.barrier()  # rank 0 has finished writing best.pt
+            if best_path.is_file():  # the authors' code restarts each lr step from the best weights so far
+                model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
         save(last_path)
         if world > 1:
             dist.barrier()
@@ -744,11 +743,10 @@ def cli_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     path = Path(args.config)
     if not path.is_file():
-        packaged = Path(__file__).parent / "configs" / Path(args.config).name
-        packaged = packaged if packaged.suffix else packaged.with_suffix(".yaml")
-        if not packaged.is_file():
-            raise UserError(f"{args.config}: config file not found (nor a packaged config of that name)")
-        path = packaged
+        if path.parent != Path(".") or not (Path(__file__).parent / "configs" / f"{path.stem}.yaml").is_file():
+            raise UserError(f"{args.config}: config file not found (nor a packaged config of that name: "
+                            f"{', '.join(sorted(p.stem for p in (Path(__file__).parent / 'configs').glob('*.yaml')))})")
+        path = packaged_config(path.stem)
     overrides = dict(_parse_override(s) for s in args.set)
     result = run_config_file(path, args.out, overrides)
     results = result if isinstance(result, dict) else {"": result}
