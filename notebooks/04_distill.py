@@ -35,7 +35,9 @@
 #     -p aux_root /data/kinetics400 -p device cuda
 # ```
 #
-# That trains TinyHD-S at 192×256, batch 12, 200 epochs, lr steps at 100/150/180, against a teacher given by
+# That trains TinyHD-S at 192×256, batch 12 (the paper's §4.2; the authors' yaml says 2 — we follow the paper),
+# 200 epochs, SGD lr 0.01 (encoder ×0.5, biases ×2 without weight decay; sheet (e)), lr steps at 100/150/180,
+# from an ImageNet-initialised encoder, against a teacher given by
 # `teacher`: the default `"reduced"` trains a small HD2S on `data_root` first (a working but weak stand-in);
 # for the paper's teacher add `-p teacher hd2s:/weights/hd2s.pth` (the HD2S authors' checkpoint, run on the fly)
 # or `-p teacher cache:/data/hd2s_cache` (maps precomputed by `tinyhd cache-teacher`). See `docs/training.md`.
