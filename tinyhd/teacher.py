@@ -321,6 +321,32 @@ class HD2S_DA(HD2S):
         return HD2SDAOutput(self.fuse(maps), torch.cat([maps[lv] for lv in (2, 3, 4, 5)], dim=1), domain)
 
 
+def da_loss(model: HD2S_DA, source_clip: torch.Tensor, source_gt: torch.Tensor, target_clip: torch.Tensor,
+            progress: float, multilevel: bool = True) -> dict[str, torch.Tensor]:
+    """One domain-adaptation objective (§3.5): saliency loss on the labelled source clips + the four domain
+    classifiers' NLL on source (label 0) and target (label 1) clips, through the gradient reversal with
+    λ = :func:`grl_lambda` (``progress`` = p ∈ [0, 1], the fraction of training done).
+
+    ``multilevel=True`` uses the paper's multi-level loss (Eq. 1); the authors' ``train_DA.py`` uses the final map
+    only (``multilevel=False``; sheet §10). Clips in [−1, 1], 128×192 (the classifiers' fixed input widths).
+    Returns ``{"saliency", "domain", "lambda", "total"}``.
+    """
+    from tinyhd.losses import hd2s_kl, hd2s_multilevel_loss
+
+    lam = grl_lambda(progress)
+    src = model(source_clip, lambda_=lam)
+    tgt = model(target_clip, lambda_=lam)
+    if multilevel:
+        sal = hd2s_multilevel_loss(src.saliency, src.conspicuity, source_gt)
+    else:
+        sal = hd2s_kl(src.saliency[:, 0], source_gt)
+    zeros = torch.zeros(src.domain.shape[0] * 4, dtype=torch.long, device=src.domain.device)
+    ones = torch.ones(tgt.domain.shape[0] * 4, dtype=torch.long, device=tgt.domain.device)
+    # summed over the four classifiers, as the authors sum the four NLL terms
+    dom = 4 * (F.nll_loss(src.domain.reshape(-1, 2), zeros) + F.nll_loss(tgt.domain.reshape(-1, 2), ones))
+    return {"saliency": sal, "domain": dom, "lambda": torch.tensor(lam), "total": sal + dom}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Domain-specific learning (§3.6)
 # --------------------------------------------------------------------------------------------------------------
@@ -691,8 +717,8 @@ def _stream_item(k: int, n: int, seed: int) -> tuple[int, int]:
 def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[int] = (128, 192), batch_size: int = 8,
                accumulation: int = 1, lr: float = 1e-3, weight_decay: float = 2e-7, dataset: str = "dhf1k",
                seed: int = 0, out_dir: str | Path | None = None, checkpoint_every: int = 100,
-               device: str | torch.device = "cpu", progress: bool = True) -> list[float]:
-    """Train HD2S (or HD2S_DSL on one domain) with the multi-level KL loss (HD2S Eq. 5, sheet §7).
+               device: str | torch.device = "cpu", progress: bool = True, domain: str | None = None) -> list[float]:
+    """Train HD2S (or HD2S_DSL on one ``domain``) with the multi-level KL loss (HD2S Eq. 5, sheet §7).
 
     The authors' recipe (sheet §8): Adam, lr 1e-3, weight decay 2e-7, mini-batches of 8 (16 in the base script)
     accumulated over 25 (``accumulation``; losses summed, not averaged), 2,500–5,000 optimiser steps, 16×128×192
@@ -746,7 +772,8 @@ def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[in
                 ds.set_epoch(epoch)
                 items.append(ds[i])
             batch = collate(items)
-            out = model(student_to_teacher_input(batch["clip"].to(device)))   # HD2S input is [−1, 1]
+            x = student_to_teacher_input(batch["clip"].to(device))            # HD2S input is [−1, 1]
+            out = model(x, domain=domain) if isinstance(model, HD2S_DSL) else model(x)
             loss = hd2s_multilevel_loss(out.saliency, out.conspicuity, batch["saliency"][:, -1].to(device))
             loss.backward()  # accumulated: the authors sum the mini-batch losses
             total += loss.item()
