@@ -506,6 +506,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
         for stale in out_dir.glob(".*.pt.*.tmp"):  # a temp file left by a kill mid-write (never a checkpoint)
             stale.unlink(missing_ok=True)
 
+    train_ds, aux_ds, val_ds = build_datasets(cfg)
+
     # -- resume state, model, optimizer ------------------------------------------------------------------
     ckpt = None
     if last_path.is_file():
@@ -562,8 +564,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
 
-    # -- data ----------------------------------------------------------------------------------------------
-    train_ds, aux_ds, val_ds = build_datasets(cfg)
+    # -- data (first: a wrong path fails before anything is built or downloaded) -----------------------------
     n_target = len(train_ds)  # type: ignore[arg-type]
     n_aux = len(aux_ds) if aux_ds is not None else 0  # type: ignore[arg-type]
     aux_per_epoch = round(cfg.aux_per_target * n_target) if n_aux else 0
