@@ -255,3 +255,25 @@ def test_da_loss_trains_classifiers_against_the_trunk():
         if lam > 0:
             g_pos = x.grad.clone()
     torch.testing.assert_close(g_pos, -x.grad)
+
+
+def test_kylemin_kinetics_layout_loads_into_the_backbone(tmp_path, hd2s):
+    from tinyhd.s3d import KYLEMIN_TO_HD2S, load_kylemin_s3d
+
+    block_to_base = {v: k for k, v in KYLEMIN_TO_HD2S.items()}
+    fake = {}
+    for k, v in official_state_dict(hd2s).items():  # the authors' backbone names, re-prefixed the kylemin way
+        if k.startswith("featureExtractor."):
+            block, idx, rest = k[len("featureExtractor."):].split(".", 2)
+            fake[f"base.{block_to_base[f'{block}.{idx}']}.{rest}"] = torch.randn_like(v.float()).to(v.dtype)
+    fake["fc.0.weight"], fake["fc.0.bias"] = torch.zeros(400, 1024, 1, 1, 1), torch.zeros(400)
+    torch.save(fake, tmp_path / "S3D_kinetics400.pt")
+    model = HD2S()
+    load_kylemin_s3d(model.featureExtractor, tmp_path / "S3D_kinetics400.pt")
+    # base.10 = Mixed_4d = block4[2]; its branch1's SepConv3d spatial conv is torchvision's branch1[1][0][0]
+    torch.testing.assert_close(model.featureExtractor.block4[2].branch1[1][0][0].weight,
+                               fake["base.10.branch1.1.conv_s.weight"])
+    del fake["base.15.branch3.1.bn.running_var"]
+    torch.save(fake, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="broken.pt.*block5.1.branch3.1.1.running_var"):
+        load_kylemin_s3d(model.featureExtractor, tmp_path / "broken.pt")

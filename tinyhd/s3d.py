@@ -21,6 +21,7 @@ the authors' state dict and ours (tested key by key).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -115,3 +116,48 @@ def our_backbone_key_to_official(key: str) -> str:
     if prefix.endswith("branch0"):
         return f"{prefix}.0.{unit}.{leaf}"
     return f"{prefix}.{unit}.{leaf}"
+
+
+# kylemin/S3D's ``base`` Sequential index -> HD2S block entry (sheet §2.4); index 1, 4, 7, 13 are poolings
+KYLEMIN_TO_HD2S = {0: "block1.0", 2: "block2.0", 3: "block2.1", 5: "block3.0", 6: "block3.1", 8: "block4.0",
+                   9: "block4.1", 10: "block4.2", 11: "block4.3", 12: "block4.4", 14: "block5.0", 15: "block5.1"}
+
+
+def load_kylemin_s3d(backbone: S3DBackbone, path: str | Path) -> None:
+    """Initialise ``backbone`` from kylemin/S3D's ``S3D_kinetics400.pt`` — the Kinetics-400 weights the HD2S
+    authors started from (torchvision's ``KINETICS400_V1`` is a different training of the same network).
+
+    Explicit key map ``base.N.<unit>`` -> ``blockK.j.<unit>`` (sheet §2.4), then the unit renaming of
+    :func:`official_backbone_key`; the classifier ``fc.*`` is dropped. Shapes are checked and the load is strict:
+    a missing or unexpected key raises :class:`~tinyhd.errors.CheckpointError` naming the file.
+    """
+    from tinyhd.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (kylemin/S3D's S3D_kinetics400.pt)")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    ours = backbone.state_dict()
+    mapped, unexpected = {}, []
+    for k, v in sd.items():
+        if k.startswith("fc."):
+            continue
+        m = re.fullmatch(r"base\.(\d+)\.(.+)", k)
+        try:
+            if m is None or int(m.group(1)) not in KYLEMIN_TO_HD2S:
+                raise KeyError(k)
+            mapped[official_backbone_key(f"{KYLEMIN_TO_HD2S[int(m.group(1))]}.{m.group(2)}")] = v
+        except KeyError:
+            unexpected.append(k)
+    missing = sorted(set(ours) - set(mapped))
+    unexpected += sorted(k for k in mapped if k not in ours)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: not kylemin/S3D's layout: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    bad = [k for k, v in mapped.items() if tuple(v.shape) != tuple(ours[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: wrong shapes for {bad[:3]}")
+    backbone.load_state_dict(mapped, strict=True)

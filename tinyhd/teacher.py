@@ -164,7 +164,8 @@ class HD2S(nn.Module):
     32 (sheet §1 "Constraints"). Output: :class:`HD2SOutput`; all maps are sigmoid-activated.
 
     ``pretrained_backbone=True`` loads torchvision's Kinetics-400 S3D weights (needs them in the torch hub cache
-    or network access; a clear :class:`~tinyhd.errors.UserError` otherwise).
+    or network access; a clear :class:`~tinyhd.errors.UserError` otherwise). The authors started from a different
+    Kinetics-400 training of the same S3D (kylemin/S3D); :func:`tinyhd.s3d.load_kylemin_s3d` loads that file.
     """
 
     def __init__(self, pretrained_backbone: bool = False) -> None:
