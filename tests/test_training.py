@@ -219,3 +219,21 @@ def test_student_teacher_contract():
     maps = t({"clip": torch.randn(2, 3, 16, 32, 32)})
     assert maps["final"].shape == (2, 1, 32, 32) and maps["conspicuity"].shape == (2, 4, 1, 32, 32)
     assert ((maps["final"] > 0) & (maps["final"] < 1)).all()
+
+
+def test_reload_best_at_milestones(tmp_path):
+    """The authors' option: when a milestone is reached the model restarts from best.pt."""
+    cfg = TrainConfig(**{**TINY, "max_videos": 2}, distill_on="none", milestones=(2,), reload_best_at_milestones=True)
+    train(cfg, tmp_path / "r")                                  # epoch 0 (one step); best.pt written
+    # plant recognisable weights in best.pt, and make sure the next validation cannot replace them
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    marker = {k: (v + 1.0 if v.is_floating_point() else v) for k, v in best["model"].items()}
+    best["model"] = marker
+    torch.save(best, tmp_path / "r" / "best.pt")
+    last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    last["state"]["best"] = float("-inf")
+    torch.save(last, tmp_path / "r" / "last.pt")
+    res = train(TrainConfig(**{**TINY, "max_videos": 2, "epochs": 2}, distill_on="none", milestones=(2,),
+                            reload_best_at_milestones=True), tmp_path / "r")   # epoch 1, then the milestone
+    final = res.model.state_dict()
+    assert all(torch.equal(final[k], marker[k]) for k in marker)
