@@ -26,6 +26,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", default="64x96")
+    ap.add_argument("--videos", type=int, default=None,
+                    help="instead of the reduced teacher's cache, cache only the first N train videos at --size "
+                         "(e.g. --size 192x256 --videos 1 for the paper's resolution; the reduced HD2S is reused)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -39,8 +42,19 @@ def main() -> None:
     from tinyhd.training import collate
 
     root = ensure_synthetic("dhf1k")
-    ckpt, cache = ensure_reduced_teacher(root, size=size)
-    ds = SaliencyClipDataset(root, split="train", size=size, output=args.output, sampling="random", seed=0)
+    if args.videos is None:
+        ckpt, cache = ensure_reduced_teacher(root)
+        if tuple(size) != (64, 96):
+            raise SystemExit("the reduced teacher's cache is 64×96: use --videos N to cache other sizes")
+    else:
+        from tinyhd.paths import cache_dir
+        from tinyhd.teacher_cache import build_teacher_cache, ensure_reduced_hd2s
+
+        ckpt = ensure_reduced_hd2s(root)
+        cache = build_teacher_cache(load_hd2s(ckpt), root, cache_dir() / "bench" / f"{ckpt.parent.name}_{size[0]}x{size[1]}",
+                                    size=size, max_videos=args.videos)
+    ds = SaliencyClipDataset(root, split="train", size=size, output=args.output, sampling="random", seed=0,
+                             max_videos=args.videos)
     teachers = {"cached": CachedTeacher(cache), "on the fly": OnlineTeacher(load_hd2s(ckpt), frames=ds.frames)}
     torch.manual_seed(0)
     student = tinyhd.TinyHD(output=args.output)

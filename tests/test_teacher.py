@@ -277,3 +277,18 @@ def test_kylemin_kinetics_layout_loads_into_the_backbone(tmp_path, hd2s):
     torch.save(fake, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError, match="broken.pt.*block5.1.branch3.1.1.running_var"):
         load_kylemin_s3d(model.featureExtractor, tmp_path / "broken.pt")
+
+
+def test_hd2s_preprocessing_matches_the_student_conversion():
+    from tinyhd.preprocess import preprocess, student_to_teacher_input
+    from tinyhd.teacher import preprocess_hd2s
+
+    frames = torch.randint(0, 256, (16, 128, 192, 3), dtype=torch.uint8).numpy()
+    x = preprocess_hd2s(frames)
+    assert x.shape == (3, 16, 128, 192) and x.min() >= -1 and x.max() <= 1
+    assert float(x[0, 0, 0, 0]) == pytest.approx((2 * float(frames[0, 0, 0, 0]) - 255) / 255)
+    # at the same size (no resize) the student pipeline + conversion gives the same teacher input
+    torch.testing.assert_close(student_to_teacher_input(preprocess(frames, size=None)), x, atol=1e-5, rtol=0)
+    assert preprocess_hd2s(frames[:, :100, :150], size=(64, 96)).shape == (3, 16, 64, 96)
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_hd2s(frames.astype("float32"))

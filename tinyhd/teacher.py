@@ -70,6 +70,28 @@ class HD2SOutput(NamedTuple):
     conspicuity: torch.Tensor
 
 
+HD2S_INPUT_SIZE = (128, 192)  # H×W HD2S was trained and evaluated at (paper §3.2, sheet §6)
+
+
+def preprocess_hd2s(frames, size: Sequence[int] | None = HD2S_INPUT_SIZE, interpolation: str = "bicubic") -> torch.Tensor:
+    """T×H×W×3 uint8 RGB frames -> 3×T×h×w float32 HD2S input, as the authors' scripts prepare it (sheet §6):
+    ``cv2.resize`` to ``size`` (bicubic at validation/test, ``"bilinear"`` in their training loader), then
+    v ↦ (2v − 255)/255 ∈ [−1, 1], no mean/std. For a student clip use
+    :func:`tinyhd.preprocess.student_to_teacher_input` instead (the teacher then runs at the student's size).
+    """
+    import cv2
+    import numpy as np
+
+    x = np.asarray(frames)
+    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"preprocess_hd2s expects T×H×W×3 uint8 RGB frames, got {x.shape} {x.dtype}")
+    if size is not None and tuple(x.shape[1:3]) != tuple(size):
+        flag = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR}[interpolation]
+        x = np.stack([cv2.resize(f, (int(size[1]), int(size[0])), interpolation=flag) for f in x])
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(3, 0, 1, 2).float()  # 3×T×h×w
+    return (2 * t - 255) / 255
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Building blocks (sheet §3.1, §3.2)
 # --------------------------------------------------------------------------------------------------------------
