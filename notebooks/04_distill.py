@@ -165,7 +165,7 @@ fig.savefig(out_dir / "losses.png", dpi=80)
 # ### What the maps look like
 #
 # One training clip: ground truth, the teacher's final and four conspicuity maps (the distillation targets), and
-# the distilled student's final and D1 maps (eval mode).
+# the distilled student's final and D1 maps (eval mode). Each panel is colour-scaled to its own range.
 
 # %%
 from tinyhd.data import SaliencyClipDataset
@@ -240,9 +240,10 @@ with open(out_dir / "summary.json", "w") as fh:
 # comparison; in our runs the three rows agree to three or four decimals and the ordering is not the paper's).
 # Why: (1) six SGD steps from a randomly initialised encoder (no ImageNet weights offline) are not enough for any
 # row to learn a spatial pattern — every student still predicts a nearly uniform map in eval mode (val CC ≈ 0,
-# KLD equal to a flat map's); (2) the reduced HD2S teacher, trained for 30 steps, itself outputs nearly flat
-# final *and* conspicuity maps (relative spread std/mean ≈ 0.003 in the maps cell, against ≈ 3 for the ground
-# truth; KL(student final, teacher final) ≈ 0.003), so the distillation targets carry almost no spatial signal —
-# distilling from it is close to distilling towards a uniform map; (3) two synthetic validation videos make any
-# remaining difference noise. The paper's ordering (GT < +TD < +AD, Table 4) is a statement about
+# KLD equal to a flat map's; in the figure, each panel is scaled to its own range, and the students show only
+# the checkerboard of randomly initialised pixel shuffles); (2) the reduced HD2S teacher, trained for 30 steps,
+# outputs maps whose *shape* roughly follows the salient objects (conspicuity map 3 in the figure) but whose
+# amplitude is tiny — relative spread std/mean ≈ 0.003, against ≈ 3 for the ground truth, and
+# KL(student final, teacher final) ≈ 0.003 — so as sum-normalised distributions the distillation targets are
+# almost uniform and carry little signal; (3) two synthetic validation videos make any remaining difference noise. The paper's ordering (GT < +TD < +AD, Table 4) is a statement about
 # 200 epochs on DHF1K with a converged HD2S; the full-scale command at the top runs exactly that comparison.
