@@ -237,3 +237,10 @@ def test_reload_best_at_milestones(tmp_path):
                             reload_best_at_milestones=True), tmp_path / "r")   # epoch 1, then the milestone
     final = res.model.state_dict()
     assert all(torch.equal(final[k], marker[k]) for k in marker)
+
+
+def test_worker_processes_do_not_change_the_run(tmp_path):
+    """num_workers only changes where clips are decoded: the weights after two steps are identical."""
+    runs = [train(TrainConfig(**{**TINY, "max_videos": 2}, distill_on="none", max_steps=2, num_workers=w),
+                  tmp_path / f"w{w}").model.state_dict() for w in (0, 1)]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
