@@ -1,23 +1,25 @@
 """Eval-time optimisations of a TinyHD: same maps (within 1e-5), fewer milliseconds.
 
-``optimize_for_inference(model)`` returns a frozen copy with three changes, each of which leaves the
+``optimize_for_inference(model)`` returns a frozen copy with these changes, each of which leaves the
 function the network computes unchanged up to float rounding:
 
 1. **BatchNorm folded into the preceding convolution.** In eval mode BN is the affine map
    ``γ (x − μ) / √(σ² + ε) + β`` per channel, so ``BN(conv(x)) = conv'(x)`` with
    ``W' = W · γ/√(σ²+ε)`` (per output channel) and ``b' = (b − μ) · γ/√(σ²+ε) + β``. Removes every BN pass
    (the spec sheet's CPU profile: ~15 % of the time).
-2. **Channels-last 3D activations** (memory order B, T, H, W, C). PyTorch's CPU depthwise ``conv3d``
-   (oneDNN) is several times faster on channels-last input than on the default layout, and the stem
-   conv runs on oneDNN either way.
-3. **Pointwise (1×1×1) convolutions as one matrix product.** In channels-last memory a B×C×T×H×W tensor
-   *is* a row-major (B·T·H·W)×C matrix, so a 1×1×1 conv is ``F.linear`` on a view — no copy, one GEMM —
-   where PyTorch would otherwise take its generic 3D path (``slow_conv3d``). The frame-wise pixel
-   shuffle is rewritten for channels-last memory too.
+2. **Channels-last 3D activations** (memory order B, T, H, W, C) and **one fused kernel per
+   conv(+BN)+ReLU6**: oneDNN's convolution with a ``hardtanh(0, 6)`` post-op adds the bias and applies
+   ReLU6 while the output is still in cache. PyTorch's default path runs the depthwise 3D convs on
+   contiguous tensors (several times slower than channels-last) and the 1×1×1 convs through its generic
+   ``slow_conv3d``; both become oneDNN channels-last kernels.
+3. **Layout-aware data movement**: the frame-wise pixel shuffle is rewritten for channels-last memory, and
+   Up_t (2× linear interpolation in time, ``align_corners=True``) becomes one small matrix product over
+   the frames (:class:`TemporalUpsample2x`).
 
 The optimised model returns the same ``TinyHDOutput`` (contiguous tensors). It is for inference only:
 its parameters do not require gradients and BN statistics are frozen into the conv weights.
-``benchmarks/speed.py`` measures each step's effect; ``tests/test_fast.py`` checks the 1e-5 agreement.
+Outside the model, :func:`keep_freed_memory` stops glibc from returning (and re-faulting) activation memory
+on every forward. ``benchmarks/speed.py`` measures each step's effect; ``tests/test_fast.py`` checks the 1e-5 agreement.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from torch import nn
 
 from tinyhd.errors import UserError
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "FusedConv3d", "ChannelsLastPixelShuffle3d",
+__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "FusedConv3d", "ChannelsLastPixelShuffle3d",
            "pixel_shuffle_frames_cl"]
 
 _CL = torch.channels_last_3d
@@ -148,6 +150,46 @@ class ChannelsLastPixelShuffle3d(nn.Module):
         return pixel_shuffle_frames_cl(x, self.factor)
 
 
+def _linear_interpolation_matrix(t_in: int, t_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """t_out×t_in matrix of 1D linear interpolation with ``align_corners=True`` (PyTorch's source index rule)."""
+    a = torch.zeros(t_out, t_in, dtype=torch.float64)
+    scale = (t_in - 1) / (t_out - 1) if t_out > 1 else 0.0
+    for t in range(t_out):
+        src = t * scale
+        i0 = min(int(src), t_in - 1)
+        i1 = min(i0 + 1, t_in - 1)
+        lam = src - i0
+        a[t, i0] += 1 - lam
+        a[t, i1] += lam
+    return a.to(dtype=dtype, device=device)
+
+
+class TemporalUpsample2x(nn.Module):
+    """Up_t (``nn.Upsample(scale_factor=(2, 1, 1), mode="trilinear", align_corners=True)``) as one small matrix
+    product over time. With spatial scale 1 and ``align_corners=True`` trilinear interpolation is linear
+    interpolation along T only; in channels-last memory each frame is one contiguous slab, so the whole op is
+    ``A @ x`` with ``A`` the 2T×T interpolation matrix — instead of PyTorch's generic 3D kernel, which is slow
+    on channels-last tensors with few channels (D2/D3 end with 2–7 channels at 192×256).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        a = _linear_interpolation_matrix(t, 2 * t, x.dtype, x.device)
+        if x.is_contiguous(memory_format=_CL):
+            slabs = x.permute(0, 2, 3, 4, 1).reshape(b, t, h * w * c)          # B×T×(H·W·C), a view
+            y = torch.matmul(a, slabs)                                          # B×2T×(H·W·C)
+            return y.view(b, 2 * t, h, w, c).permute(0, 4, 1, 2, 3)             # channels-last
+        y = torch.matmul(a, x.reshape(b * c, t, h * w))                          # (B·C)×2T×(H·W)
+        return y.view(b, c, 2 * t, h, w)
+
+
+def _is_up_t(m: nn.Module) -> bool:
+    if not isinstance(m, nn.Upsample) or m.mode != "trilinear" or not m.align_corners or m.size is not None:
+        return False
+    sf = m.scale_factor
+    return isinstance(sf, tuple) and tuple(float(v) for v in sf) == (2.0, 1.0, 1.0)
+
+
 class _ChannelsLastEncoder(nn.Module):
     """``MobileNetV2Encoder3d.forward`` with the channels-last pixel shuffle (same layers, same groups)."""
 
@@ -198,10 +240,35 @@ def _swap_modules(model: nn.Module) -> None:
         for name, child in list(parent._modules.items()):
             if isinstance(child, PixelShuffle3d):
                 parent._modules[name] = ChannelsLastPixelShuffle3d(child.factor)
+            elif _is_up_t(child):
+                parent._modules[name] = TemporalUpsample2x()
             elif isinstance(child, MobileNetV2Encoder3d):
                 if type(child).forward is not MobileNetV2Encoder3d.forward:
                     raise UserError("optimize_for_inference: unknown encoder subclass")
                 parent._modules[name] = _ChannelsLastEncoder(child)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in the process (no ``mmap`` per large block, no trimming).
+
+    A TinyHD-M forward at 192×256 allocates a few hundred MB of activations; by default glibc hands each large
+    block back to the kernel when it is freed, so every forward pays ~10⁵ page faults re-touching fresh pages
+    (a third of its time on a 2-core CPU). With ``M_MMAP_MAX = 0`` and a 1 GiB ``M_TRIM_THRESHOLD`` the pages
+    are reused. Process-wide and irreversible: meant for inference/benchmark processes (``tinyhd predict``
+    may call it); returns False (and does nothing) where glibc is not the allocator.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------------
