@@ -208,8 +208,10 @@ def test_train_hd2s_checkpoints_and_resumes(tmp_path, data_root):
     # resuming continues from step 1 with the saved weights: the first loss is kept, one new step is added
     fresh = HD2S()
     more = train_hd2s(fresh, data_root, steps=2, size=SIZE, batch_size=1, accumulation=2, out_dir=tmp_path,
-                      progress=False)
+                      progress=False, val_every=1, val_clips_per_video=1)
     assert len(more) == 2 and more[0] == losses[0]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)   # validated at step 2: the best so far
+    assert best["format"] == "hd2s" and best["step"] == 2 and np.isfinite(best["val_kl"])
     save_hd2s(fresh, tmp_path / "h.pt")
     assert torch.equal(load_hd2s(tmp_path / "h.pt").last_conv.weight, fresh.last_conv.weight)
 

@@ -740,7 +740,8 @@ def _stream_item(k: int, n: int, seed: int) -> tuple[int, int]:
 def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[int] = (128, 192), batch_size: int = 8,
                accumulation: int = 1, lr: float = 1e-3, weight_decay: float = 2e-7, dataset: str = "dhf1k",
                seed: int = 0, out_dir: str | Path | None = None, checkpoint_every: int = 100,
-               device: str | torch.device = "cpu", progress: bool = True, domain: str | None = None) -> list[float]:
+               device: str | torch.device = "cpu", progress: bool = True, domain: str | None = None,
+               val_every: int | None = None, val_clips_per_video: int = 2) -> list[float]:
     """Train HD2S (or HD2S_DSL on one ``domain``) with the multi-level KL loss (HD2S Eq. 5, sheet §7).
 
     The authors' recipe (sheet §8): Adam, lr 1e-3, weight decay 2e-7, mini-batches of 8 (16 in the base script)
@@ -751,7 +752,10 @@ def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[in
 
     With ``out_dir``, ``out_dir/last.pt`` (weights in the authors' layout, optimiser, step, losses) is written
     atomically every ``checkpoint_every`` steps and at the end, and an existing one is resumed. Returns the
-    per-step losses. This loop is separate from :func:`tinyhd.training.train` (the TinyHD trainer); the two
+    per-step losses. With ``val_every``, the mean KL of the final map over ``val_clips_per_video`` evenly spaced
+    clips of each val video is computed every ``val_every`` steps and the best model is saved as
+    ``out_dir/best.pt`` (:func:`save_hd2s` format), as the authors keep the checkpoint with the lowest
+    validation KL (sheet §8). This loop is separate from :func:`tinyhd.training.train` (the TinyHD trainer); the two
     share the loss module (:func:`tinyhd.losses.hd2s_multilevel_loss`) but not yet a training loop.
     """
     from tqdm.auto import tqdm
@@ -778,10 +782,31 @@ def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[in
         opt.load_state_dict(state["optimizer"])
         start, losses = int(state["step"]), list(state["losses"])
 
+    best = {"val": float("inf")} if start == 0 or last is None else dict(state.get("best", {"val": float("inf")}))
+    val_ds = None
+    if val_every:
+        val_ds = SaliencyClipDataset(data_root, split="val", dataset=dataset, clip_len=WINDOW, size=tuple(size),
+                                     output="single", sampling="uniform", flip=False,
+                                     clips_per_video=val_clips_per_video)
+
+    def validate() -> float:
+        from tinyhd.losses import hd2s_kl
+
+        model.eval()
+        vals = []
+        with torch.no_grad():
+            for i in range(len(val_ds)):
+                item = val_ds[i]
+                x = student_to_teacher_input(item["clip"][None].to(device))
+                out = model(x, domain=domain) if isinstance(model, HD2S_DSL) else model(x)
+                vals.append(float(hd2s_kl(out.saliency[:, 0], item["saliency"][-1:].to(device))))
+        model.train()
+        return sum(vals) / len(vals)
+
     def save(step: int) -> None:
         if last is not None:
             atomic_torch_save({"format": "hd2s-train", "model": official_state_dict(model),
-                               "optimizer": opt.state_dict(), "step": step, "losses": losses}, last)
+                               "optimizer": opt.state_dict(), "step": step, "losses": losses, "best": best}, last)
 
     per_step = batch_size * accumulation
     bar = tqdm(range(start, steps), desc="HD2S", unit="step", disable=not progress, initial=start, total=steps)
@@ -803,6 +828,12 @@ def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[in
         opt.step()
         losses.append(total)
         bar.set_postfix(loss=f"{total:.3f}")
+        if val_ds is not None and (step + 1) % val_every == 0:
+            v = validate()
+            if v < best["val"]:
+                best.update(val=v, step=step + 1)
+                if out_dir is not None:
+                    save_hd2s(model, Path(out_dir) / "best.pt", step=step + 1, val_kl=v)
         if (step + 1) % checkpoint_every == 0:
             save(step + 1)
     save(steps)
