@@ -157,6 +157,25 @@ else:
 print(scale, "| models:", ", ".join(predictions))
 
 # %% [markdown]
+# What the maps look like (cf. the paper's Fig. 2): one frame's ground truth and every model's prediction, each
+# panel scaled to its own min–max. At the default reduced scale expect coarse, prior-like maps from the small HD2S
+# and its levels, and near-initialisation texture from the briefly trained TinyHD variants — toy models, as said.
+
+# %%
+k = len(gt) // 2
+names = list(predictions)
+fig, axes = plt.subplots(1, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.4))
+axes[0].imshow(gt[k], cmap="gray")
+axes[0].set_title("ground truth", fontsize=8)
+for ax, name in zip(axes[1:], names):
+    ax.imshow(predictions[name][k], cmap="gray")
+    ax.set_title(name, fontsize=7)
+for ax in axes:
+    ax.axis("off")
+fig.tight_layout()
+fig.savefig(out_dir / "example_maps.png", dpi=100)
+
+# %% [markdown]
 # ## 3. The Fig. 1 matrices
 #
 # Mean over frames of CC and SIM between every pair (the benchmark's metrics, `tinyhd.metrics.cc/sim`; both are
