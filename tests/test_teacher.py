@@ -14,7 +14,11 @@ from tinyhd.teacher import (HD2S, HD2S_DA, HD2S_DSL, HD2S_PARAMS, GradientRevers
                             load_official_hd2s, official_key_to_ours, official_state_dict,
                             quantize_straight_through)
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+from tinyhd.paths import official_fixtures_dir
+
+# the sheet's state-dict lists live in shared/spec, beside shared/fixtures/official
+_fixtures = official_fixtures_dir()
+SPEC = _fixtures.parent.parent / "spec" if _fixtures is not None else Path(__file__).resolve().parents[2] / "shared" / "spec"
 needs_spec = pytest.mark.skipif(not SPEC.is_dir(), reason="../shared/spec (the authors' state-dict lists) is absent")
 
 
