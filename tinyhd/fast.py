@@ -14,7 +14,8 @@ function the network computes unchanged up to float rounding:
    ``slow_conv3d``; both become oneDNN channels-last kernels.
 3. **Layout-aware data movement**: the frame-wise pixel shuffle is rewritten for channels-last memory, and
    Up_t (2× linear interpolation in time, ``align_corners=True``) becomes one small matrix product over
-   the frames (:class:`TemporalUpsample2x`).
+   the frames (:class:`TemporalUpsample2x`), Up_s a frame-wise channels-last bilinear interpolation
+   (:class:`SpatialUpsample2x`).
 
 The optimised model returns the same ``TinyHDOutput`` (contiguous tensors). It is for inference only:
 its parameters do not require gradients and BN statistics are frozen into the conv weights.
@@ -32,7 +33,7 @@ from torch import nn
 
 from tinyhd.errors import UserError
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "FusedConv3d", "ChannelsLastPixelShuffle3d",
+__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "ChannelsLastPixelShuffle3d",
            "pixel_shuffle_frames_cl"]
 
 _CL = torch.channels_last_3d
@@ -183,6 +184,29 @@ class TemporalUpsample2x(nn.Module):
         return y.view(b, c, 2 * t, h, w)
 
 
+class SpatialUpsample2x(nn.Module):
+    """Up_s (``nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=True)``) as frame-wise
+    bilinear interpolation. With time scale 1 and ``align_corners=True`` every output frame is exactly its
+    input frame upsampled bilinearly; in channels-last memory the B·T frames form a channels-last 2D batch
+    (a view), for which PyTorch has a vectorised bilinear kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        x = x.contiguous(memory_format=_CL)
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)            # (B·T)×C×H×W, channels-last view
+        y = F.interpolate(frames, scale_factor=2, mode="bilinear", align_corners=True)
+        y = y.contiguous(memory_format=torch.channels_last)
+        return y.view(b, t, c, 2 * h, 2 * w).permute(0, 2, 1, 3, 4)            # B×C×T×2H×2W, channels-last
+
+
+def _is_up_s(m: nn.Module) -> bool:
+    if not isinstance(m, nn.Upsample) or m.mode != "trilinear" or not m.align_corners or m.size is not None:
+        return False
+    sf = m.scale_factor
+    return isinstance(sf, tuple) and tuple(float(v) for v in sf) == (1.0, 2.0, 2.0)
+
+
 def _is_up_t(m: nn.Module) -> bool:
     if not isinstance(m, nn.Upsample) or m.mode != "trilinear" or not m.align_corners or m.size is not None:
         return False
@@ -242,6 +266,8 @@ def _swap_modules(model: nn.Module) -> None:
                 parent._modules[name] = ChannelsLastPixelShuffle3d(child.factor)
             elif _is_up_t(child):
                 parent._modules[name] = TemporalUpsample2x()
+            elif _is_up_s(child):
+                parent._modules[name] = SpatialUpsample2x()
             elif isinstance(child, MobileNetV2Encoder3d):
                 if type(child).forward is not MobileNetV2Encoder3d.forward:
                     raise UserError("optimize_for_inference: unknown encoder subclass")
