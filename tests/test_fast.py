@@ -50,7 +50,7 @@ def test_optimised_model_matches_plain(output, reduction):
     logit = lambda p: torch.log(p) - torch.log1p(-p)
     torch.testing.assert_close(logit(out.saliency.double()), logit(ref.saliency.double()), atol=1e-4, rtol=0)
     # no BatchNorm or separate ReLU6 pass is left; the original is untouched
-    assert not any(isinstance(m, (nn.BatchNorm3d, nn.BatchNorm2d, nn.ReLU6)) for m in fast.modules())
+    assert not any(isinstance(m, (nn.BatchNorm3d, nn.BatchNorm2d, nn.ReLU6, nn.Upsample)) for m in fast.modules())
     assert any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
 
 
@@ -113,6 +113,17 @@ def test_channels_last_pixel_shuffle_matches_frame_wise_pixel_shuffle():
         torch.testing.assert_close(pixel_shuffle_frames_cl(inp), expected, atol=0, rtol=0)
     with pytest.raises(ValueError, match="divisible"):
         pixel_shuffle_frames_cl(torch.randn(1, 6, 1, 2, 2))
+
+
+@pytest.mark.parametrize("t", [1, 2, 5, 8])
+def test_upsampling_replacements_match_nn_upsample(t):
+    from tinyhd.fast import SpatialUpsample2x, TemporalUpsample2x
+
+    x = torch.randn(2, 7, t, 6, 5)
+    for scale, ours in [((2, 1, 1), TemporalUpsample2x()), ((1, 2, 2), SpatialUpsample2x())]:
+        ref = nn.Upsample(scale_factor=scale, mode="trilinear", align_corners=True)(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            torch.testing.assert_close(ours(inp), ref, atol=1e-6, rtol=0)
 
 
 def test_optimize_rejects_other_modules():
