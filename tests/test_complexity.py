@@ -126,3 +126,15 @@ def test_maps_per_forward():
 def test_variants_cover_the_paper_tables():
     assert set(PAPER_COMPLEXITY) == set(VARIANTS)
     assert VARIANTS["D2×3"]["decoders"] == ("d2", "d2", "d2")
+
+
+@pytest.mark.slow
+def test_any_module_hd2s_counts_like_its_sheet():
+    """count_complexity on another architecture: HD2S at its own 128×192 input (hd2s sheet §5: ptflops
+    0.7.5 11.119, fvcore 11.062; paper Table 1a 11.08 GMAC, 29.8M params)."""
+    from tinyhd.complexity import build_variant
+
+    c = count_complexity(build_variant("HD2S"), (1, 3, 16, 128, 192))
+    assert c["params"] == 29_795_597
+    assert c["gmacs"] == pytest.approx(11.119, rel=0.01)
+    assert c["gmacs"] == pytest.approx(PAPER_COMPLEXITY["HD2S"]["gmacs_16"] / 16, rel=0.01)
