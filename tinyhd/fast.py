@@ -17,6 +17,11 @@ function the network computes unchanged up to float rounding:
    the frames (:class:`TemporalUpsample2x`), Up_s a frame-wise channels-last bilinear interpolation
    (:class:`SpatialUpsample2x`).
 
+Measured with ``benchmarks/speed.py`` on a shared 2-core AMD EPYC (torch 2.14.1, 2 threads, 1×3×16×192×256,
+min of 5 interleaved rounds; other jobs were running, so ±30 %): TinyHD-M ×1 584 → 221 ms per forward
+(27 → 72 maps/s; BN folding alone 516 ms), TinyHD-M ×¼ 384 → 140 ms (42 → 114 maps/s), TinyHD-S ×1
+300 → 133 ms. With glibc's default malloc the plain M ×1 took 1063 ms (15 maps/s) and the fast one 299 ms.
+
 The optimised model returns the same ``TinyHDOutput`` (contiguous tensors). It is for inference only:
 its parameters do not require gradients and BN statistics are frozen into the conv weights.
 Outside the model, :func:`keep_freed_memory` stops glibc from returning (and re-faulting) activation memory
