@@ -155,3 +155,16 @@ def test_bad_input_shape_is_refused() -> None:
         model(torch.zeros(1, 3, 16, 60, 96))
     with pytest.raises(ValueError, match="B×3×T×H×W"):
         model(torch.zeros(3, 16, 64, 96))
+
+
+def test_smallest_input_32x32_runs_for_s_and_m():
+    """At 32×32 the deepest features are 1×1 (and T=1 in M): the frame-wise pixel shuffle must still work."""
+    import torch
+
+    from tinyhd import TinyHD
+
+    for output in ("single", "multi"):
+        model = TinyHD(output=output, reduction=4).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, 16, 32, 32))
+        assert out.saliency.shape == ((1, 1, 32, 32) if output == "single" else (1, 16, 32, 32))

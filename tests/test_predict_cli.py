@@ -66,10 +66,23 @@ def test_predict_video_file_with_overlay(tmp_path, avi, ckpt):
         n += 1
     cap.release()
     assert n == 10
-    # the PNGs are exactly predict_video's maps ×255
+    # the PNGs are predict_video's maps ×255; the CLI runs the optimised model (tinyhd.fast), whose raw maps
+    # agree within 1e-5, so a grey level may flip where a value sits on a rounding boundary
     model = tinyhd.load_checkpoint(ckpt)
     maps = tinyhd.predict_video(model, avi, progress=False)
-    assert np.array_equal(np.round(maps[0] * 255).astype(np.uint8), m)
+    plain = np.round(maps[0] * 255).astype(np.uint8)
+    assert np.abs(plain.astype(int) - m.astype(int)).max() <= 1
+    assert (plain != m).mean() < 0.01
+
+
+def test_predict_plain_flag_gives_exactly_predict_video(tmp_path, avi, ckpt):
+    out = tmp_path / "maps"
+    r = _run(str(avi), "--checkpoint", str(ckpt), "--out", str(out), "--plain", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    maps = tinyhd.predict_video(tinyhd.load_checkpoint(ckpt), avi, progress=False)
+    for k in (0, 9):
+        png = cv2.imread(str(out / f"{k + 1:04d}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(np.round(maps[k] * 255).astype(np.uint8), png)
 
 
 def test_predict_grayscale_odd_sized_frame_folder(tmp_path, ckpt):

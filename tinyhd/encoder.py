@@ -185,7 +185,10 @@ def spatial_conv_name(features: nn.Sequential, index: int) -> str:
 
 def pixel_shuffle_frames(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """2× pixel shuffle applied frame by frame: B×C×T×H×W → B×(C/4)×T×2H×2W (``nn.PixelShuffle`` order)."""
-    return nn.functional.pixel_shuffle(x.transpose(1, 2), factor).transpose(1, 2)
+    b, c, t, h, w = x.shape
+    # fold T into the batch: a 5-D input with T=H=W=1 has ambiguous strides that pixel_shuffle rejects
+    y = nn.functional.pixel_shuffle(x.transpose(1, 2).reshape(b * t, c, h, w), factor)  # (B·T)×(C/f²)×fH×fW
+    return y.reshape(b, t, c // factor**2, h * factor, w * factor).transpose(1, 2)
 
 
 class PixelShuffle3d(nn.Module):

@@ -312,6 +312,7 @@ class FastTinyHD(nn.Module):
         super().__init__()
         self.model = model
         self.config = dict(getattr(model, "config", {}))
+        self.output = getattr(model, "output", None)  # "single"/"multi", read by tinyhd.inference
 
     def forward(self, clip: torch.Tensor):
         out = self.model(clip.contiguous(memory_format=_CL))

@@ -368,6 +368,9 @@ def cli_main(argv: list[str]) -> int:
                         help="MISO windows of the first 15 frames: padded with frame 0 (authors' generate.py, "
                              "default) or time-reversed (HD2S paper)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--plain", action="store_true",
+                        help="run the model as built, without tinyhd.fast.optimize_for_inference (folded BN, "
+                             "channels-last fused convs; same maps within 1e-5, several times faster on CPU)")
     args = parser.parse_args(argv)
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -395,6 +398,11 @@ def cli_main(argv: list[str]) -> int:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine")
     model.to(dev)
+    if not args.plain:
+        from tinyhd.fast import keep_freed_memory, optimize_for_inference
+
+        model = optimize_for_inference(model)
+        keep_freed_memory()
 
     from tinyhd.video import read_video
 
