@@ -258,3 +258,19 @@ def test_similarity_matrix_and_prediction_folders(tmp_path, data_root):
         load_prediction_dirs({"exact": tmp_path / "exact"}, data_root, split="test")
     with pytest.raises(UserError, match="same frames"):
         similarity_matrix({"a": g, "b": g[:3]})
+
+
+def test_recalibrate_batchnorm_resets_running_stats(data_root):
+    """BN statistics become the average over the train clips (not the init's 0/1), and the model ends in eval mode."""
+    from tinyhd.teacher import HD2S
+    from tinyhd.teacher_cache import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = HD2S(pretrained_backbone=False)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
+    momentum = bn.momentum  # S3D's are 0.001: a few hundred steps barely move the running statistics
+    recalibrate_batchnorm(model, data_root, SIZE, clips_per_video=1, batch_size=2)
+    assert not model.training and bn.momentum == momentum      # momentum restored
+    assert bn.running_mean.abs().max() > 0 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert int(bn.num_batches_tracked) >= 1

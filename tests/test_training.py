@@ -244,3 +244,18 @@ def test_worker_processes_do_not_change_the_run(tmp_path):
     runs = [train(TrainConfig(**{**TINY, "max_videos": 2}, distill_on="none", max_steps=2, num_workers=w),
                   tmp_path / f"w{w}").model.state_dict() for w in (0, 1)]
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_optimizer_choice():
+    """The paper's SGD by default; Adam on request (reduced-scale notebooks); anything else is refused."""
+    from tinyhd.model import TinyHD
+    from tinyhd.training import make_optimizer
+
+    model = TinyHD(reduction=4)
+    assert isinstance(make_optimizer(model, TrainConfig()), torch.optim.SGD)
+    adam = make_optimizer(model, TrainConfig(optimizer="adam", lr=0.01))
+    assert isinstance(adam, torch.optim.Adam)
+    assert {g["name"] for g in adam.param_groups} == {"encoder.bias", "encoder.weight", "decoders.bias",
+                                                      "decoders.weight"}
+    with pytest.raises(UserError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop", distill_on="none").validate()

@@ -741,7 +741,7 @@ def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[in
                accumulation: int = 1, lr: float = 1e-3, weight_decay: float = 2e-7, dataset: str = "dhf1k",
                seed: int = 0, out_dir: str | Path | None = None, checkpoint_every: int = 100,
                device: str | torch.device = "cpu", progress: bool = True, domain: str | None = None,
-               val_every: int | None = None, val_clips_per_video: int = 2) -> list[float]:
+               val_every: int | None = None, val_clips_per_video: int = 2, head_lr_mult: float = 1.0) -> list[float]:
     """Train HD2S (or HD2S_DSL on one ``domain``) with the multi-level KL loss (HD2S Eq. 5, sheet §7).
 
     The authors' recipe (sheet §8): Adam, lr 1e-3, weight decay 2e-7, mini-batches of 8 (16 in the base script)
@@ -755,7 +755,10 @@ def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[in
     per-step losses. With ``val_every``, the mean KL of the final map over ``val_clips_per_video`` evenly spaced
     clips of each val video is computed every ``val_every`` steps and the best model is saved as
     ``out_dir/best.pt`` (:func:`save_hd2s` format), as the authors keep the checkpoint with the lowest
-    validation KL (sheet §8). This loop is separate from :func:`tinyhd.training.train` (the TinyHD trainer); the two
+    validation KL (sheet §8). ``head_lr_mult`` scales the lr of the 1×1 output convolutions (``last_conv*``: the
+    fusion and the conspicuity heads; 1 = the authors' recipe): the reduced-scale teacher of the notebooks uses it so
+    that a few hundred steps from scratch give maps with contrast (sigmoid of a fused sigmoid is flat otherwise).
+    This loop is separate from :func:`tinyhd.training.train` (the TinyHD trainer); the two
     share the loss module (:func:`tinyhd.losses.hd2s_multilevel_loss`) but not yet a training loop.
     """
     from tqdm.auto import tqdm
@@ -772,7 +775,14 @@ def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[in
         raise CheckpointError(f"{data_root}: the train split has no saliency maps to train HD2S on")
     device = torch.device(device)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if head_lr_mult <= 0:
+        raise ValueError(f"head_lr_mult must be positive, got {head_lr_mult}")
+    head = [p for n, p in model.named_parameters() if n.split(".")[-2].startswith("last_conv")]
+    rest = [p for n, p in model.named_parameters() if not n.split(".")[-2].startswith("last_conv")]
+    groups = [{"params": rest}] + ([{"params": head, "lr": lr * head_lr_mult}] if head_lr_mult != 1.0 else [])
+    if head_lr_mult == 1.0:
+        groups[0]["params"] = list(model.parameters())
+    opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
     start = 0
     last = Path(out_dir) / "last.pt" if out_dir is not None else None

@@ -48,6 +48,7 @@ from tinyhd.losses import distillation_loss, kl_maps
 from tinyhd.paths import atomic_open, atomic_torch_save
 
 DISTILL_ON = ("none", "target", "all")
+OPTIMIZERS = ("sgd", "adam")
 # fields that may change between a run and its resumption (they do not change what is computed per step)
 RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every", "num_workers", "log_every", "progress",
                      "device", "num_threads", "val_videos"}
@@ -84,9 +85,10 @@ class TrainConfig:
     teacher: str | None = None            # "cache:PATH" | "hd2s:CKPT" | "student:CKPT" | "reduced" | None
     distill_on: str = "all"               # "none" (GT only) | "target" (+KD on TD) | "all" (+KD on AD)
     # optimisation (paper §4.2; sheet (e))
+    optimizer: str = "sgd"                # "sgd" (the paper) | "adam" (reduced-scale runs from a random init)
     epochs: int = 200
     batch_size: int = 12                  # paper; the authors' yaml says 2
-    lr: float = 0.01
+    lr: float = 0.01                      # the paper's SGD lr; with optimizer "adam" use ~1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
     encoder_lr_mult: float = 0.5
@@ -129,6 +131,8 @@ class TrainConfig:
                 raise bad(name, "must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise bad("max_steps", "must be at least 1 (or null)")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {OPTIMIZERS}")
         if self.lr <= 0:
             raise bad("lr", "must be positive")
         if self.aux_per_target < 0:
@@ -382,6 +386,15 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     return out
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper, §4.2) or Adam (``optimizer: adam``: the reduced-scale notebooks, where a
+    randomly initialised student gets a few dozen steps), both over :func:`param_groups`."""
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 4. validation
 
@@ -531,7 +544,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
     teacher = teacher if teacher is not None else build_teacher(cfg, device)
     if cfg.distill_on != "none" and teacher is None:
         raise UserError("distill_on is not 'none' but there is no teacher")
-    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": math.inf, "finished": False}
