@@ -259,3 +259,15 @@ def test_optimizer_choice():
                                                       "decoders.weight"}
     with pytest.raises(UserError, match="optimizer"):
         TrainConfig(optimizer="rmsprop", distill_on="none").validate()
+
+
+def test_centre_bias_validation_scores_the_fixed_gaussian(tmp_path, monkeypatch):
+    """The baseline goes through the same validation as a model: finite scores, CC in (0, 1) on the synthetic set
+    (objects are often off-centre), the same for every call."""
+    from tinyhd.training import centre_bias_validation
+
+    monkeypatch.setenv("TINYHD_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(size=(32, 64), distill_on="none", val_videos=1, val_clips_per_video=1)
+    scores = centre_bias_validation(cfg)
+    assert 0 < scores["cc"] < 0.5 and scores["kld"] > 0
+    assert centre_bias_validation(cfg) == scores

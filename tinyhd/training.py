@@ -433,6 +433,31 @@ def validate(model: nn.Module, val_ds: Dataset, cfg: TrainConfig, device: torch.
     return result
 
 
+class _CentreBias(nn.Module):
+    """The centre-bias baseline as a "model" for :func:`validate`: the same Gaussian for every frame."""
+
+    def __init__(self, size: Sequence[int], frames: int) -> None:
+        super().__init__()
+        from tinyhd.synth import centre_bias
+
+        self.register_buffer("prior", torch.from_numpy(centre_bias(tuple(size))).float())
+        self.frames = frames
+
+    def forward(self, clip: torch.Tensor) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(saliency=self.prior.expand(clip.shape[0], self.frames, *self.prior.shape))
+
+
+def centre_bias_validation(cfg: TrainConfig) -> dict[str, float]:
+    """:func:`validate` of the centre-bias baseline (``tinyhd.synth.centre_bias``) on ``cfg``'s val clips — the
+    score a trained model has to beat to have learned anything beyond "look at the middle"."""
+    cfg = dataclasses.replace(cfg).validate()
+    _, _, val_ds = build_datasets(cfg)
+    frames = 1 if cfg.output == "single" else cfg.clip_len
+    return validate(_CentreBias(cfg.size, frames), val_ds, cfg, torch.device("cpu"))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 5. the loop
 
