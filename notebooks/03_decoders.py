@@ -27,8 +27,9 @@
 #    a random model on a synthetic clip;
 # 3. puts the homogeneous variants of Table 3 (D1×k, D2×k, D3×k) beside the paper in parameters and GMACs;
 # 4. trains D1×1 / D2×1 / D3×1 and the heterogeneous D1+D2+D3 at a (very) reduced scale on the synthetic
-#    set and reports the validation scores beside Table 3 — honestly: at this scale they say nothing about
-#    the paper's claim; the full-scale run is a matter of parameters.
+#    set (40 Adam steps each, ground truth only) and reports the validation scores beside Table 3 and the
+#    centre-bias baseline: all variants learn (far above the baseline), the ranking is one seed's and is
+#    reported, not asserted; the full-scale run is a matter of parameters.
 
 # %% tags=["parameters"]
 data_root = None                 # None: the synthetic DHF1K-layout set (tinyhd.synth.ensure_synthetic)
@@ -41,15 +42,16 @@ gmac_variants = ["D1×1", "D2×1", "D3×1", "TinyHD-S ×1"]   # full: all nine D
 count_at = (64, 96)
 # reduced-scale training comparison (Table 3 is MISO, ×1, DHF1K, 200 epochs, HD2S distillation)
 train_variants = {"D1×1": ["d1"], "D2×1": ["d2"], "D3×1": ["d3"], "D1+D2+D3": ["d1", "d2", "d3"]}
-train_reduction = 4              # paper: 1
-train_size = (64, 96)            # paper: (192, 256)
-train_epochs = 1                 # paper: 200 (one epoch = one random clip per training video)
+train_reduction = 1              # paper: 1
+train_size = (32, 64)            # paper: (192, 256)
+train_epochs = 10                # paper: 200 (one epoch = one random clip per training video)
+train_steps = 40                 # optimizer steps per variant; paper: None (all epochs)
+train_optimizer = "adam"         # paper: "sgd" (lr 0.01 either way); Adam so that 40 steps from scratch learn
 train_batch_size = 2             # paper: 12
-train_val_videos = 1             # paper: the 100 DHF1K validation videos
+train_val_videos = 2             # paper: the 100 DHF1K validation videos
 train_val_clips = 2              # clips per validation video
 
 # %%
-import shutil
 import time
 from pathlib import Path
 
@@ -289,12 +291,15 @@ assert params_table.loc["D2×1", "params (ours)"] > params_table.loc["D1×1", "p
 # Table 3 (DHF1K val, MISO ×1, 200 epochs with HD2S distillation): the heterogeneous TinyHD-S reaches the
 # best NSS (2.8735 vs at most 2.8420) and CC, while single-kind models are close on AUC. Here each variant
 # is trained with `tinyhd.training.train` on the synthetic set, ground truth only (no teacher), for
-# `train_epochs` epoch(s) at `train_size` and ×1/`train_reduction` widths, then validated on
-# `train_val_videos` video(s). At the default parameters that is a handful of SGD steps: the point is the
-# pipeline and an honest table, not a verdict on the claim.
+# `train_steps` optimizer steps at `train_size` and ×1/`train_reduction` widths, then validated on
+# `train_val_videos` video(s) beside the centre-bias baseline scored on the same clips. At the default
+# parameters: ×1 widths, 32×64 clips, batch 2, 40 steps of **Adam** (lr 0.01) — the paper's SGD (momentum 0.9,
+# lr 0.01) is the full-scale setting, but from a random initialisation (no ImageNet weights offline) SGD barely
+# moves in this budget (measured: TinyHD-S after 16 SGD steps, val CC 0.01, a flat map), while 40 Adam steps learn
+# the synthetic saliency (about a minute for the four variants on one CPU thread). Notebook 01 reuses the three single-decoder runs.
 
 # %%
-from tinyhd.training import TrainConfig, train
+from tinyhd.training import TrainConfig, centre_bias_validation, config_key, train
 
 PAPER_TABLE3 = pd.DataFrame(
     {"AUC-J": [0.8993, 0.9040, 0.9034, 0.9075], "AUC-B": [0.8210, 0.8235, 0.8248, 0.8244],
@@ -304,11 +309,13 @@ PAPER_TABLE3 = pd.DataFrame(
 results, histories = {}, {}
 for name, decoders in train_variants.items():
     cfg = TrainConfig(data_root=data_root, output="single", decoders=tuple(decoders), reduction=train_reduction,
-                      size=tuple(train_size), epochs=train_epochs, batch_size=train_batch_size, distill_on="none",
-                      aux_per_target=0, val_videos=train_val_videos, val_clips_per_video=train_val_clips,
-                      seed=seed, num_threads=num_threads, progress=False)
-    run_dir = out_dir / "train" / name.replace("+", "_").replace("×", "x")
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (train() would resume a finished one)
+                      size=tuple(train_size), epochs=train_epochs, max_steps=train_steps, optimizer=train_optimizer,
+                      batch_size=train_batch_size, distill_on="none", aux_per_target=0,
+                      val_videos=train_val_videos, val_clips_per_video=train_val_clips, seed=seed,
+                      num_threads=num_threads, checkpoint_every=20, progress=False)
+    # keyed by the config (max_steps/epochs included, as they are not in config_key): a rerun reuses the run
+    run_dir = out_dir / "train" / (f'{name.replace("+", "_").replace("×", "x")}_{config_key(cfg)}'
+                                   f"_e{train_epochs}_s{train_steps}")
     result = train(cfg, run_dir)
     train_log = [h for h in result.history if h["kind"] == "train"]
     val_log = [h for h in result.history if h["kind"] == "val"]
@@ -316,6 +323,9 @@ for name, decoders in train_variants.items():
     results[name] = {"params": n_params(result.model), "steps": train_log[-1]["step"],
                      "first loss": train_log[0]["total"], "last loss": train_log[-1]["total"],
                      **{k: val_log[-1][k] for k in ("val_loss", "cc", "nss", "sim")}}
+baseline = centre_bias_validation(cfg)   # the same val clips, a fixed centred Gaussian
+results["centre bias"] = {"params": 0, "steps": 0, "first loss": np.nan, "last loss": np.nan,
+                          **{k: baseline[k] for k in ("val_loss", "cc", "nss", "sim")}}
 ours_table = pd.DataFrame(results).T
 comparison = ours_table[["params", "steps", "val_loss", "cc", "nss", "sim"]].join(
     PAPER_TABLE3[["CC", "NSS", "SIM"]].add_prefix("paper "))
@@ -332,21 +342,33 @@ comparison.to_csv(out_dir / "table3_reduced_training.csv")
 comparison
 
 # %%
-assert list(comparison.index) == list(train_variants)
-for name, row in ours_table.iterrows():
+assert list(comparison.index) == list(train_variants) + ["centre bias"]
+trained = ours_table.drop(index="centre bias")
+for name, row in trained.iterrows():
     assert np.isfinite(row["val_loss"]) and np.isfinite(row["last loss"]), name
-    assert row["steps"] >= 1
+    assert train_steps is None or row["steps"] == train_steps, name
 # the homogeneous ×1/r models are smaller than the heterogeneous one, as in Table 3
 if "D1+D2+D3" in results:
-    assert all(results[n]["params"] < results["D1+D2+D3"]["params"] for n in results if n != "D1+D2+D3")
-best_nss = ours_table["nss"].astype(float).idxmax()
-print(f"best val NSS at this scale: {best_nss} (paper: D1+D2+D3). "
-      f"Steps per run: {int(ours_table['steps'].max())}; this says nothing about the paper's claim.")
+    assert all(results[n]["params"] < results["D1+D2+D3"]["params"] for n in train_variants if n != "D1+D2+D3")
+# what is robust at this scale: every trained variant has learned more than "look at the centre"
+for name, row in trained.iterrows():
+    assert row["cc"] > baseline["cc"] and row["nss"] > baseline["nss"], (name, row["cc"], baseline["cc"])
+order_ours = list(trained["nss"].astype(float).sort_values(ascending=False).index)
+order_paper = list(PAPER_TABLE3["NSS"].sort_values(ascending=False).index)
+print(f"val NSS ranking, ours : {' > '.join(order_ours)}")
+print(f"val NSS ranking, paper: {' > '.join(order_paper)}")
+print(f"best variant matches the paper's (D1+D2+D3): {order_ours[0] == 'D1+D2+D3'}; "
+      f"centre bias CC {baseline['cc']:.3f}, NSS {baseline['nss']:.3f}")
 print(f"notebook ran in {time.time() - started:.0f} s")
 
 # %% [markdown]
-# **Reading.** At the default (reduced) parameters each model sees a few dozen synthetic clips at
-# 64×96 and ×¼ widths, without distillation: the scores sit near those of an untrained map and their
-# ranking is noise. Reproducing Table 3 needs DHF1K, the HD2S teacher (or its cached maps) and the paper's
-# schedule: `data_root=<DHF1K>`, `train_reduction=1`, `train_size=(192, 256)`, `train_epochs=200`,
+# **Reading.** At the default (reduced) parameters every variant learns: each scores far above the centre bias
+# on CC and NSS (asserted above; in our run CC 0.44–0.70 against 0.10, NSS 2.1–3.6 against 0.41), so the table
+# compares trained models, not noise around a flat map. The ranking printed above is what one seed, 40 steps and
+# two synthetic validation videos give; in our run the heterogeneous D1+D2+D3 came first on NSS and CC, as in the
+# paper, while the order of the single-decoder models differed from the paper's (D2 > D1 > D3 here, D1 > D2 > D3
+# there). It is reported, not asserted: with this little data and training a different seed can reorder close
+# variants, and the paper's gaps (NSS 2.79–2.87) are much smaller than ours. Reproducing Table 3 needs DHF1K,
+# the HD2S teacher (or its cached maps) and the paper's schedule: `data_root=<DHF1K>`, `train_reduction=1`,
+# `train_size=(192, 256)`, `train_epochs=200`, `train_steps=None`, `train_optimizer="sgd"`,
 # `train_batch_size=12`, `train_val_videos=100`, and a teacher in the `TrainConfig` (see notebook 06).
