@@ -23,10 +23,14 @@
 # on unlabeled Kinetics-400 clips (Eq. 3). Table 4 ablates them: GT maps only, + KD on the target dataset (TD),
 # + KD on the auxiliary dataset (AD).
 #
-# **Reduced scale (the defaults).** Synthetic DHF1K-layout and Kinetics-layout sets (`tinyhd.synth`), 64×96
-# clips, batch 2, the same small number of optimizer steps for every row, and a *reduced* HD2S teacher trained
-# for a few steps on the synthetic set (`tinyhd.teacher_cache.ensure_reduced_teacher`). Runs are cached under
-# `out_dir` (re-running the notebook resumes or reuses them).
+# **Reduced scale (the defaults).** Synthetic DHF1K-layout and Kinetics-layout sets (`tinyhd.synth`), 32×64
+# clips, batch 2, 40 optimizer steps for every row, and a *reduced* HD2S teacher trained on the synthetic set
+# (`tinyhd.teacher_cache.ensure_reduced_teacher`: 150 Adam steps from scratch at 32×64, then its BatchNorm
+# statistics recomputed on the training clips). At full scale the paper's SGD recipe; at reduced scale **Adam**
+# (same lr 0.01, `optimizer="adam"`) so that a one-minute run from a random initialisation (no ImageNet weights
+# offline) learns: measured on this set, 20 SGD steps leave the student at val CC ≈ 0.01 (a flat map), while 40
+# Adam steps reach CC ≈ 0.7 against 0.10 for the centre-bias baseline. Runs are cached under `out_dir` and
+# keyed by their config (re-running the notebook reuses them; notebooks 05 and 06 reuse the "+ AD" run).
 #
 # **Full scale** (one command; knobs left at `None`/`"auto"` switch to the paper's values when `data_root` is set):
 #
@@ -43,13 +47,14 @@
 # or `-p teacher cache:/data/hd2s_cache` (maps precomputed by `tinyhd cache-teacher`). See `docs/training.md`.
 
 # %% tags=["parameters"]
-epochs = 2                 # paper: 200
+epochs = 10                # paper: 200 (at reduced scale max_steps stops the runs first)
 data_root = None           # None → synthetic DHF1K-layout set; a DHF1K copy for the paper's runs
 aux_root = None            # None → synthetic Kinetics-layout set; Kinetics-400 (train_256/) for the paper's runs
 teacher = "reduced"        # "reduced" | "hd2s:CKPT" | "cache:PATH" (see tinyhd.training.TrainConfig.teacher)
 batch_size = None          # None → 2 on the synthetic set, 12 (paper) with data_root
-size = None                # None → (64, 96) on the synthetic set, (192, 256) (paper) with data_root
-max_steps = "auto"         # "auto" → 6 optimizer steps per row on the synthetic set, no limit with data_root
+size = None                # None → (32, 64) on the synthetic set, (192, 256) (paper) with data_root
+max_steps = "auto"         # "auto" → 40 optimizer steps per row on the synthetic set, no limit with data_root
+optimizer = "auto"         # "auto" → "adam" on the synthetic set, the paper's "sgd" with data_root (both lr 0.01)
 device = "cpu"             # "cuda" for the full recipe
 seed = 0
 num_threads = 1            # CPU threads per process (the CI box has 2 cores shared by many jobs)
@@ -75,15 +80,16 @@ from tinyhd.training import TrainConfig, config_key, last_validation, train
 
 torch.set_num_threads(num_threads)
 full = data_root is not None
-size = tuple(size) if size is not None else ((192, 256) if full else (64, 96))
+size = tuple(size) if size is not None else ((192, 256) if full else (32, 64))
 batch_size = batch_size if batch_size is not None else (12 if full else 2)
-max_steps = (None if full else 6) if max_steps == "auto" else max_steps
+max_steps = (None if full else 40) if max_steps == "auto" else max_steps
+optimizer = ("sgd" if full else "adam") if optimizer == "auto" else optimizer
 # the paper's lr milestones (100/150/180 of 200 epochs), scaled to `epochs`; none for a few-epoch run
 milestones = tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else ()
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "04_distill"
 out_dir.mkdir(parents=True, exist_ok=True)
 print(f"scale: {'full' if full else 'reduced'}; size {size}, batch {batch_size}, epochs {epochs}, "
-      f"max_steps {max_steps}, milestones {milestones}, teacher {teacher}")
+      f"max_steps {max_steps}, milestones {milestones}, optimizer {optimizer}, teacher {teacher}")
 
 # %% [markdown]
 # ## Eq. 1: KL divergence between sum-normalised maps
@@ -107,7 +113,11 @@ assert torch.isfinite(loss) and torch.isfinite(zero.grad).all()   # no NaN on a 
 # ## The teacher
 #
 # At reduced scale the teacher is a small HD2S trained from scratch on the synthetic set, whose maps (final +
-# four conspicuity maps, shallowest first) are cached for the target videos and the auxiliary videos.
+# four conspicuity maps, shallowest first) are cached for the target videos and the auxiliary videos. Two things
+# make a few hundred steps enough for maps with contrast: the 1×1 output convolutions (fusion and conspicuity
+# heads) get 30× the lr — the final map is a sigmoid of a 1×1 convolution of sigmoid maps and is otherwise nearly
+# flat — and the BatchNorm running statistics are recomputed for the final weights (S3D's BatchNorm momentum
+# is 0.001, so after 150 steps they still describe the initialisation and the eval-mode maps come out flat).
 
 # %%
 if teacher == "reduced":
@@ -128,11 +138,11 @@ rows = {"GT maps": "none", "+ K.D. on TD": "target", "+ K.D. on AD": "all"}
 results, configs = {}, {}
 for name, distill_on in rows.items():
     cfg = TrainConfig(data_root=data_root, aux_root=aux_root, size=size, output="single", epochs=epochs,
-                      batch_size=batch_size, max_steps=max_steps, milestones=milestones,
+                      batch_size=batch_size, max_steps=max_steps, milestones=milestones, optimizer=optimizer,
                       teacher=None if distill_on == "none" else teacher, distill_on=distill_on,
                       max_aux_videos=None if full else 4, val_videos=None if full else 2,
                       val_clips_per_video=5 if full else 2, pretrained_backbone=full, device=device,
-                      num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 4, progress=True)
+                      num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=True)
     configs[name] = cfg
     results[name] = train(cfg, out_dir / f"s_{distill_on}_{config_key(cfg)}")
 
@@ -213,6 +223,49 @@ table.to_csv(out_dir / "table4.csv")
 print(table.round(4).to_string())
 assert table.shape == (3, 9) and np.isfinite(ours.to_numpy()).all()
 
+# %% [markdown]
+# ### Did the students and the teacher learn? The centre-bias baseline on the same val clips
+#
+# A fixed Gaussian at the frame centre (`tinyhd.synth.centre_bias`) scored by the same validation as the
+# students, and the reduced HD2S itself (its final map for the last frame of each val clip, in eval mode).
+
+# %%
+from tinyhd import metrics
+from tinyhd.preprocess import student_to_teacher_input
+from tinyhd.training import build_datasets, centre_bias_validation
+
+baseline = centre_bias_validation(configs["GT maps"])
+teacher_scores = {}
+if teacher == "reduced":
+    from tinyhd.teacher import load_hd2s
+
+    hd2s_small = load_hd2s(reduced.checkpoint)
+    _, _, val_ds = build_datasets(configs["GT maps"])
+    cc, nss, spread = [], [], []
+    with torch.no_grad():
+        for i in range(len(val_ds)):
+            item = val_ds[i]
+            sal = hd2s_small(student_to_teacher_input(item["clip"][None])).saliency[0, 0].numpy()
+            gt_map = item["saliency"].reshape(-1, *size)[-1].numpy()
+            fix = item["fixation"].reshape(-1, *size)[-1].numpy()
+            cc.append(metrics.cc(sal, gt_map))
+            if fix.sum() > 0:
+                nss.append(metrics.nss(sal, fix))
+            spread.append(float(sal.std() / sal.mean()))
+    teacher_scores = {"cc": float(np.mean(cc)), "nss": float(np.mean(nss)), "spread": float(np.mean(spread))}
+check = pd.DataFrame({**{n: {"CC": ours.loc[n, "CC (ours)"], "NSS": ours.loc[n, "NSS (ours)"]} for n in rows},
+                      **({"reduced HD2S (teacher)": {"CC": teacher_scores["cc"], "NSS": teacher_scores["nss"]}}
+                         if teacher_scores else {}),
+                      "centre bias": {"CC": baseline["cc"], "NSS": baseline["nss"]}}).T
+print(check.round(4).to_string())
+# robust at this scale: every student has learned more than "look at the centre" ...
+for name in rows:
+    assert ours.loc[name, "CC (ours)"] > baseline["cc"], (name, ours.loc[name, "CC (ours)"], baseline["cc"])
+# ... and the reduced teacher's maps have contrast and beat the centre bias too (the old 30-step teacher: flat)
+if teacher_scores:
+    print(f"teacher relative spread (std/mean) on val: {teacher_scores['spread']:.3f} (flat map: 0)")
+    assert teacher_scores["spread"] > 0.5 and teacher_scores["cc"] > baseline["cc"], teacher_scores
+
 # %%
 gt_cc, td_cc, ad_cc = (table.loc[n, "CC (ours)"] for n in rows)
 gt_kl, ad_kl = table.loc["GT maps", "KLD (ours)"], table.loc["+ K.D. on AD", "KLD (ours)"]
@@ -229,21 +282,24 @@ print(f"students' val CC: {ours['CC (ours)'].round(4).tolist()} (a uniform map s
 print(f"mean KL(student final, teacher final) = {kd_final:.4f}; KL(D1, teacher) {kd_d1[0]:.3f} → {kd_d1[-1]:.3f}")
 with open(out_dir / "summary.json", "w") as fh:
     json.dump({"beats_gt_only": bool(beats), "order_matches_paper": bool(order_matches),
-               "scale": "full" if full else "reduced"}, fh)
+               "scale": "full" if full else "reduced", "cc": {n: float(ours.loc[n, "CC (ours)"]) for n in rows},
+               "centre_bias_cc": baseline["cc"], "teacher": teacher_scores}, fh)
 
 # %% [markdown]
 # **What this shows at reduced scale — and what it does not.** The check cells assert what is robust: every row
 # trains for the same number of steps with finite losses, the teacher terms are active exactly when distilling,
-# the D1 ↔ teacher-conspicuity KL goes down, and the table is computed.
+# the D1 ↔ teacher-conspicuity KL goes down, every student beats the centre bias on val CC, and the reduced
+# teacher's maps have contrast and beat the centre bias as well.
 #
-# **At the default reduced scale, distillation does *not* beat GT-only training** (the lines above print the
-# comparison; in our runs the three rows agree to three or four decimals and the ordering is not the paper's).
-# Why: (1) six SGD steps from a randomly initialised encoder (no ImageNet weights offline) are not enough for any
-# row to learn a spatial pattern — every student still predicts a nearly uniform map in eval mode (val CC ≈ 0,
-# KLD equal to a flat map's; in the figure, each panel is scaled to its own range, and the students show only
-# the checkerboard of randomly initialised pixel shuffles); (2) the reduced HD2S teacher, trained for 30 steps,
-# outputs maps whose *shape* roughly follows the salient objects (conspicuity map 3 in the figure) but whose
-# amplitude is tiny — relative spread std/mean ≈ 0.003, against ≈ 3 for the ground truth, and
-# KL(student final, teacher final) ≈ 0.003 — so as sum-normalised distributions the distillation targets are
-# almost uniform and carry little signal; (3) two synthetic validation videos make any remaining difference noise. The paper's ordering (GT < +TD < +AD, Table 4) is a statement about
-# 200 epochs on DHF1K with a converged HD2S; the full-scale command at the top runs exactly that comparison.
+# **At the default reduced scale, distillation does *not* help — the ordering is the reverse of the paper's.**
+# In our run (the cells above print it): CC GT-only 0.70 > + KD on TD 0.50 > + KD on AD 0.40, centre bias 0.10,
+# the reduced HD2S teacher itself 0.25 (relative spread ≈ 1.7, ground truth ≈ 3.1). The reason is visible in
+# those numbers: distillation pulls the student towards its teacher, and here the teacher (150 steps from
+# scratch) is *worse* than what the student learns from the ground truth in 40 steps, so every KD term pulls the
+# student away from the ground truth — and + AD, where half the clips carry only teacher targets, pulls the
+# most. In the paper the teacher is the converged, Kinetics-initialised HD2S (DHF1K val CC ≈ 0.50 vs 0.49 for
+# the distilled TinyHD-S), strictly better than a GT-only student, which is the setting in which Eq. 3 can help.
+# So this is a real result at this scale (a weak teacher hurts), not noise around flat maps, and it does not test
+# the paper's claim; the full-scale command at the top (with `-p teacher hd2s:/weights/hd2s.pth` for the
+# authors' teacher) runs exactly that comparison. One seed and two synthetic val videos: the gaps here
+# (0.1–0.3 CC) are large, but their exact sizes are not reliable.
