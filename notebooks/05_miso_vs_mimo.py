@@ -33,13 +33,14 @@
 # see `docs/training.md`).
 
 # %% tags=["parameters"]
-epochs = 2                 # paper: 200
+epochs = 10                # paper: 200 (at reduced scale max_steps stops the runs first)
 data_root = None           # None → synthetic DHF1K-layout set
 aux_root = None            # None → synthetic Kinetics-layout set
 teacher = "reduced"        # "reduced" | "hd2s:CKPT" | "cache:PATH"
 batch_size = None          # None → 2 on the synthetic set, 12 (paper) with data_root
-size = None                # None → (64, 96) on the synthetic set, (192, 256) with data_root
-max_steps = "auto"         # "auto" → 6 steps on the synthetic set (as notebook 04), no limit with data_root
+size = None                # None → (32, 64) on the synthetic set, (192, 256) with data_root
+max_steps = "auto"         # "auto" → 40 steps on the synthetic set (as notebook 04), no limit with data_root
+optimizer = "auto"         # "auto" → "adam" on the synthetic set (as notebook 04), the paper's "sgd" with data_root
 device = "cpu"
 seed = 0
 num_threads = 1
@@ -63,9 +64,10 @@ from tinyhd.training import TrainConfig, config_key, last_validation, train
 
 torch.set_num_threads(num_threads)
 full = data_root is not None
-size = tuple(size) if size is not None else ((192, 256) if full else (64, 96))
+size = tuple(size) if size is not None else ((192, 256) if full else (32, 64))
 batch_size = batch_size if batch_size is not None else (12 if full else 2)
-max_steps = (None if full else 6) if max_steps == "auto" else max_steps
+max_steps = (None if full else 40) if max_steps == "auto" else max_steps
+optimizer = ("sgd" if full else "adam") if optimizer == "auto" else optimizer
 milestones = tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else ()
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "05_miso_vs_mimo"
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,13 +129,15 @@ assert throughput.loc["TinyHD-M", "maps / s"] > 2 * throughput.loc["TinyHD-S", "
 # over the 16 windows (the authors' target mode 'M', sheet (f)).
 
 # %%
-results = {}
+results, configs = {}, {}
 for name, output in (("TinyHD-S", "single"), ("TinyHD-M", "multi")):
     cfg = TrainConfig(data_root=data_root, aux_root=aux_root, size=size, output=output, epochs=epochs,
                       batch_size=batch_size, max_steps=max_steps, milestones=milestones, teacher=teacher,
+                      optimizer=optimizer,
                       distill_on="all", max_aux_videos=None if full else 4, val_videos=None if full else 2,
                       val_clips_per_video=5 if full else 2, pretrained_backbone=full, device=device,
-                      num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 4, progress=True)
+                      num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=True)
+    configs[name] = cfg
     # the S run is notebook 04's "+ K.D. on AD" row: same config, same folder name
     results[name] = train(cfg, shared_runs / f"s_all_{config_key(cfg)}" if output == "single"
                           else out_dir / f"m_all_{config_key(cfg)}")
@@ -156,16 +160,30 @@ print(table.round(3).T.to_string())
 assert table.shape[0] == 2 and np.isfinite(ours.to_numpy(dtype=float)).all()
 
 # %%
+# did they learn? the centre bias scored by the same validation (S: last frame of each clip, M: all 16 frames)
+from tinyhd.training import centre_bias_validation
+
+baseline = {name: centre_bias_validation(cfg)["cc"] for name, cfg in configs.items()}
+for name in results:
+    print(f"{name}: val CC {ours.loc[name, 'CC (ours)']:.4f} vs centre bias {baseline[name]:.4f}")
+    assert ours.loc[name, "CC (ours)"] > baseline[name], name   # both students learned beyond the centre prior
+
+# %%
 s_cc, m_cc = ours.loc["TinyHD-S", "CC (ours)"], ours.loc["TinyHD-M", "CC (ours)"]
 print(f"paper: S CC {paper.CC['TinyHD-S']} ≥ M CC {paper.CC['TinyHD-M']} (MISO slightly more accurate), "
       f"M ~{89.12 / 7.95:.0f}× cheaper per map")
 print(f"ours : S CC {s_cc:.4f} vs M CC {m_cc:.4f}; same ordering as the paper: {bool(s_cc >= m_cc)}")
 with open(out_dir / "summary.json", "w") as fh:
-    json.dump({"s_cc": float(s_cc), "m_cc": float(m_cc), "same_order_as_paper": bool(s_cc >= m_cc)}, fh)
+    json.dump({"s_cc": float(s_cc), "m_cc": float(m_cc), "same_order_as_paper": bool(s_cc >= m_cc),
+               "centre_bias_cc": baseline}, fh)
 
 # %% [markdown]
 # **Reading the table.** The cost columns are exact and match the paper (asserted above): per 16 output maps
 # TinyHD-M needs about 11× fewer MACs than TinyHD-S, and the measured throughput shows the same kind of gap on
-# this CPU. The accuracy columns at reduced scale come from a few optimizer steps on synthetic videos and are
-# not comparable to the paper's DHF1K numbers; the S-vs-M ordering printed above is reported, not asserted. The
-# paper's finding (S slightly more accurate, M far cheaper) needs the full-scale run.
+# this CPU. At reduced scale (32×64, 40 Adam steps each, distilled from the reduced HD2S on target + auxiliary
+# clips, as notebook 04's last row) both students learn: each beats the centre bias on its own val targets
+# (asserted). The accuracy ordering is printed, not asserted; in our run M scored higher than S (CC 0.52 vs 0.40),
+# the reverse of the paper's small gap (0.505 vs 0.493). Two caveats make this a weak reading: S is validated on
+# the last frame of each clip and M on all 16 (different targets, different centre-bias scores), and both are
+# distilled from a reduced teacher that is weaker than a GT-only student (notebook 04), which may hurt S and M
+# differently. The paper's finding (S slightly more accurate, M far cheaper) needs the full-scale run.

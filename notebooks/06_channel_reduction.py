@@ -33,14 +33,15 @@
 # paper's teacher; see `docs/training.md`).
 
 # %% tags=["parameters"]
-epochs = 2                 # paper: 200 per stage
+epochs = 10                # paper: 200 per stage (at reduced scale max_steps stops the runs first)
 data_root = None           # None → synthetic DHF1K-layout set
 aux_root = None            # None → synthetic Kinetics-layout set
 teacher = "reduced"        # HD2S for the ×1 student and the "HD2S" rows: "reduced" | "hd2s:CKPT" | "cache:PATH"
 output = "single"          # "single" (TinyHD-S rows of Table 5) or "multi" (TinyHD-M rows)
 batch_size = None          # None → 2 on the synthetic set, 12 (paper) with data_root
-size = None                # None → (64, 96) on the synthetic set, (192, 256) with data_root
-max_steps = "auto"         # "auto" → 6 steps for ×1 (as notebook 04), 4 per reduced student; no limit with data_root
+size = None                # None → (32, 64) on the synthetic set, (192, 256) with data_root
+max_steps = "auto"         # "auto" → 40 steps per stage on the synthetic set (as notebook 04); no limit with data_root
+optimizer = "auto"         # "auto" → "adam" on the synthetic set (as notebook 04), the paper's "sgd" with data_root
 device = "cpu"
 seed = 0
 num_threads = 1
@@ -63,10 +64,11 @@ from tinyhd.training import TrainConfig, config_key, last_validation, load_model
 
 torch.set_num_threads(num_threads)
 full = data_root is not None
-size = tuple(size) if size is not None else ((192, 256) if full else (64, 96))
+size = tuple(size) if size is not None else ((192, 256) if full else (32, 64))
 batch_size = batch_size if batch_size is not None else (12 if full else 2)
 steps_x1, steps_reduced = (None, None) if (full and max_steps == "auto") else \
-    ((6, 4) if max_steps == "auto" else (max_steps, max_steps))
+    ((40, 40) if max_steps == "auto" else (max_steps, max_steps))
+optimizer = ("sgd" if full else "adam") if optimizer == "auto" else optimizer
 milestones = tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else ()
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "06_channel_reduction"
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,9 +110,9 @@ print(f"{stem}: {tuple(w_big.shape)} → {tuple(w_half.shape)}; mean of strided 
 # %%
 def config(**kw) -> TrainConfig:
     base = dict(data_root=data_root, aux_root=aux_root, size=size, output=output, epochs=epochs,
-                batch_size=batch_size, milestones=milestones, distill_on="all", max_aux_videos=None if full else 4,
+                batch_size=batch_size, milestones=milestones, optimizer=optimizer, distill_on="all", max_aux_videos=None if full else 4,
                 val_videos=None if full else 2, val_clips_per_video=5 if full else 2, device=device,
-                num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 4, progress=True)
+                num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=True)
     return TrainConfig(**{**base, **kw})
 
 
@@ -159,16 +161,29 @@ print(table.round(4).to_string())
 assert table.shape == (5, 9) and np.isfinite(ours.to_numpy()).all()
 
 # %%
+# did they learn? every stage against the centre bias scored by the same validation
+from tinyhd.training import centre_bias_validation
+
+baseline_cc = centre_bias_validation(cfg_x1)["cc"]
+print(f"centre bias val CC {baseline_cc:.4f}; students: {ours['CC (ours)'].round(4).to_dict()}")
+assert (ours["CC (ours)"] > baseline_cc).all(), "every student of the chain beats the centre bias"
+
+# %%
 ta_better = {frac: bool(table.loc[f"{frac} TA", "CC (ours)"] > table.loc[f"{frac} HD2S", "CC (ours)"])
              for frac in ("×½", "×¼")}
 print("paper: the TA rows beat the HD2S rows (AUC-J, Table 5b)")
 print("ours : TA beats HD2S on CC:", ta_better)
 with open(out_dir / f"summary_{letter}.json", "w") as fh:
-    json.dump({"ta_beats_hd2s_cc": ta_better}, fh)
+    json.dump({"ta_beats_hd2s_cc": ta_better, "cc": ours["CC (ours)"].to_dict(), "centre_bias_cc": baseline_cc}, fh)
 
 # %% [markdown]
 # **What holds at reduced scale.** The cost side of Table 5 is exact (asserted: parameters and MACs of the ×½
-# and ×¼ models), the averaged initialisation is checked on a known kernel, and every stage of the chain trains
-# with finite losses from the right teacher. The accuracy comparison (TA vs HD2S as teacher) is printed, not
-# asserted: the reduced students train for a few steps from a teacher that is itself barely trained, so the
-# differences are noise at this scale. At full scale the paper reports the TA rows ahead of the HD2S rows.
+# and ×¼ models), the averaged initialisation is checked on a known kernel, every stage of the chain trains
+# with finite losses from the right teacher, and every student — ×1 (notebook 04's "+ K.D. on AD" run), ×½ and
+# ×¼ — beats the centre bias on val CC (asserted). Each stage gets 40 Adam steps at 32×64 (the paper: 200 SGD
+# epochs per stage at 192×256). The accuracy comparison (TA vs HD2S as teacher) is printed, not asserted. In our
+# run it was mixed: ×¼ TA beat ×¼ HD2S (CC 0.34 vs 0.17), as in the paper, but ×½ HD2S beat ×½ TA (0.46 vs 0.32).
+# At this scale the "TA" (the ×1 student, CC 0.40) and the reduced HD2S (CC ≈ 0.25 on val, notebook 04) are both
+# weak teachers of similar quality, so the paper's premise — a TA closer to the student than the big teacher
+# is, and as good — is only partly there; with one seed and two val videos these gaps are not reliable. At full
+# scale the paper reports the TA rows ahead of the HD2S rows.
