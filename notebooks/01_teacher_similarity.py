@@ -31,7 +31,7 @@
 # 1. builds HD2S and checks it against the authors' code (parameter count, state-dict layout);
 # 2. computes the Fig. 1 matrices with `tinyhd.similarity.similarity_matrix` — on the released predictions of
 #    TASED/ViNet/HD2S if you point `prediction_dirs` at them, otherwise at **reduced scale** on the synthetic
-#    DHF1K-layout set with small models trained here for a few steps (honestly labelled);
+#    DHF1K-layout set with small models trained here for a minute or two each (honestly labelled);
 # 3. checks the claim "models agree with each other less than with the ground truth" on what it computed.
 
 # %% tags=["parameters"]
@@ -39,9 +39,9 @@ data_root = None          # DHF1K-layout root; None: the synthetic set (tinyhd.s
 split = "val"             # the split whose frames are compared (Fig. 1: DHF1K val)
 prediction_dirs = None    # e.g. {"TASED": ".../tased", "ViNet": ".../vinet", "HD2S": ".../hd2s"}: <dir>/<video>/0001.png
 every = 4                 # use every 4th frame of each video
-size = (64, 96)           # H×W of the reduced-scale models (multiples of 32)
-teacher_steps = 30        # optimiser steps of the reduced HD2S (shared with notebooks 04/06 through the cache)
-student_steps = 10        # optimiser steps of each single-decoder TinyHD variant (reduced scale)
+size = (32, 64)           # H×W of the reduced-scale models (multiples of 32; notebooks 03–06 use the same)
+teacher_steps = 150       # optimiser steps of the reduced HD2S (shared with notebooks 04–06 through the cache)
+student_steps = 40        # Adam steps of each single-decoder TinyHD variant (the runs of notebook 03's Table 3)
 seed = 0
 out_dir = None            # None: runs/01_teacher_similarity
 
@@ -104,10 +104,13 @@ assert out.saliency.shape == (1, 1, *size) and out.conspicuity.shape == (1, 4, *
 #
 # * **HD2S level 2…5**: the reduced HD2S's four conspicuity maps — four decoders on one S3D encoder, each
 #   supervised by the multi-level loss: the closest we get here to Fig. 2's "same encoder, different decoding";
-# * **HD2S (reduced)**: trained from scratch for `teacher_steps` Adam steps at 64×96 (`tinyhd.teacher_cache.ensure_reduced_hd2s`;
-#   the same checkpoint is the teacher of the reduced-scale distillation notebooks);
+# * **HD2S (reduced)**: trained from scratch for `teacher_steps` Adam steps at 32×64, BatchNorm statistics then
+#   recomputed (`tinyhd.teacher_cache.ensure_reduced_hd2s`; the same checkpoint is the teacher of the
+#   reduced-scale distillation notebooks 04–06);
 # * **TinyHD-D1 / -D2 / -D3**: TinyHD with a single decoder (hierarchical maps, U-Net-like, DLA-like), trained on
-#   ground truth only for `student_steps` SGD steps with `tinyhd.training.train`;
+#   ground truth only for `student_steps` Adam steps with `tinyhd.training.train` (the runs of notebook 03's
+#   Table 3 comparison, shared through `runs/03_decoders`; Adam rather than the paper's SGD so that a short run
+#   from a random initialisation learns);
 # * **centre bias**: a fixed Gaussian at the frame centre (`tinyhd.synth.centre_bias`), the classic baseline.
 #
 # These are toy models: their absolute scores say nothing about the paper's models. What we can look at is the
@@ -117,7 +120,7 @@ assert out.saliency.shape == (1, 1, *size) and out.conspicuity.shape == (1, 4, *
 from tinyhd.data import SaliencyClipDataset
 from tinyhd.synth import centre_bias, ensure_synthetic
 from tinyhd.teacher_cache import ensure_reduced_hd2s
-from tinyhd.training import TrainConfig, train
+from tinyhd.training import TrainConfig, config_key, train
 
 if prediction_dirs:
     predictions, gt = similarity.load_prediction_dirs(prediction_dirs, data_root, split=split, every=every)
@@ -143,12 +146,13 @@ else:
         predictions[f"HD2S level {level}"] = consp[:, k]
     models = {}
     for d in ("d1", "d2", "d3"):
-        cfg = TrainConfig(data_root=str(root), size=size, decoders=(d,), output="single", teacher=None,
-                          distill_on="none", epochs=1000, max_steps=student_steps, batch_size=2, lr=0.01,
-                          aux_per_target=0, seed=seed, progress=False, num_threads=1, val_videos=1,
-                          val_clips_per_video=1)
-        models[f"TinyHD-{d.upper()} ({student_steps} steps)"] = train(
-            cfg, out_dir / f"tinyhd_{d}_s{student_steps}").model.cpu()
+        # exactly notebook 03's Table 3 run of this decoder (same config → same folder, trained once per CI)
+        cfg = TrainConfig(data_root=data_root, size=size, decoders=(d,), output="single", reduction=1,
+                          teacher=None, distill_on="none", epochs=10, max_steps=student_steps, optimizer="adam",
+                          batch_size=2, aux_per_target=0, val_videos=2, val_clips_per_video=2, seed=seed,
+                          num_threads=1, checkpoint_every=20, progress=False)
+        run = runs_dir() / "03_decoders" / "train" / f"{d.upper()}x1_{config_key(cfg)}_e10_s{student_steps}"
+        models[f"TinyHD-{d.upper()} ({student_steps} steps)"] = train(cfg, run).model.cpu()
 
     predictions.update({name: np.concatenate([similarity.predict_maps(m, ds.frames(v), size, videos[v])
                                               for v in ds.video_ids]) for name, m in models.items()})
@@ -158,8 +162,9 @@ print(scale, "| models:", ", ".join(predictions))
 
 # %% [markdown]
 # What the maps look like (cf. the paper's Fig. 2): one frame's ground truth and every model's prediction, each
-# panel scaled to its own min–max. At the default reduced scale expect coarse, prior-like maps from the small HD2S
-# and its levels, and near-initialisation texture from the briefly trained TinyHD variants — toy models, as said.
+# panel scaled to its own min–max. At the default reduced scale expect blob-like maps that follow the salient
+# objects from the TinyHD variants and the reduced HD2S, and smoother, more centre-like maps from HD2S's deeper
+# levels — toy models, as said.
 
 # %%
 k = len(gt) // 2
@@ -226,16 +231,20 @@ summary.to_csv(out_dir / "agreement_summary.csv")
 summary
 
 # %% [markdown]
-# **Reading it honestly.** At reduced scale the models are trained for seconds on a synthetic set whose saliency is
-# a few moving blobs. A model that has barely started learning scores near zero CC against the ground truth, and
-# its agreement with the other models then reflects shared biases (a centre prior, the sigmoid's flat output)
-# rather than learned saliency patterns; SIM in particular rewards two flat maps for overlapping. So whichever way
-# the verdict row falls here, it does not test the paper's claim, which concerns well-trained models; the claim is
-# tested at full scale by pointing `prediction_dirs` at the released DHF1K val predictions of TASED, ViNet and
-# HD2S. What the reduced run does show is the machinery: the same code gives the paper's figure from those folders.
+# **Reading it honestly.** At reduced scale the models are small and briefly trained on a synthetic set whose
+# saliency is a few moving blobs, but they have learned something: each of them (the reduced HD2S and the three
+# TinyHD variants) agrees with the ground truth more than the centre bias does (CC, asserted below; in our run
+# 0.31–0.57 against 0.15 for the centre bias). In our run the verdict on CC went the paper's way (mean model–model
+# CC 0.36 < model–GT 0.40) and on SIM it did not (0.35 > 0.32; SIM rewards two smooth, prior-like maps for
+# overlapping, and the reduced HD2S's deeper levels are close to a centre prior — their CC with the centre bias is
+# 0.5–0.7). So the structure the paper's argument rests on is partly visible here, among toy models of one
+# synthetic set; it does not test the claim, which concerns well-trained models on DHF1K: point `prediction_dirs`
+# at the released DHF1K val predictions of TASED, ViNet and HD2S for that. The same code gives the paper's figure
+# from those folders.
 #
 # The check below asserts what must hold at any scale: the library reproduces the comparison exactly for
-# identical predictions (similarity 1) and orders a model that *is* the ground truth above one that ignores it.
+# identical predictions (similarity 1) and orders a model that *is* the ground truth above one that ignores it;
+# and, for the reduced-scale models trained here, that each beats the centre bias on CC.
 
 # %%
 sanity = similarity.similarity_matrix({"gt copy": gt, "centre bias": predictions["centre bias"]}, gt, metric="cc")
@@ -244,3 +253,8 @@ assert sanity.loc["centre bias", "ground truth"] < sanity.loc["gt copy", "ground
 for m in ("CC", "SIM"):
     assert np.isfinite(summary.loc[m, "model vs model (ours)"]) and np.isfinite(summary.loc[m, "model vs GT (ours)"])
 print(f"figure: {out_dir / 'fig1_similarity.png'}")
+if not prediction_dirs:
+    cc_gt = mats["cc"]["ground truth"]
+    for name in learned:
+        assert cc_gt[name] > cc_gt["centre bias"], (name, cc_gt[name], cc_gt["centre bias"])
+    print("CC with the ground truth:", cc_gt[learned + ["centre bias"]].round(3).to_dict())
