@@ -293,7 +293,7 @@ with open(out_dir / "summary.json", "w") as fh:
 #
 # **At the default reduced scale, distillation does *not* help — the ordering is the reverse of the paper's.**
 # In our run (the cells above print it): CC GT-only 0.70 > + KD on TD 0.50 > + KD on AD 0.40, centre bias 0.10,
-# the reduced HD2S teacher itself 0.25 (relative spread ≈ 1.7, ground truth ≈ 3.1). The reason is visible in
+# the reduced HD2S teacher itself 0.31 (relative spread of its val maps ≈ 1.9, ground truth ≈ 3.1). The reason is visible in
 # those numbers: distillation pulls the student towards its teacher, and here the teacher (150 steps from
 # scratch) is *worse* than what the student learns from the ground truth in 40 steps, so every KD term pulls the
 # student away from the ground truth — and + AD, where half the clips carry only teacher targets, pulls the

@@ -183,7 +183,7 @@ with open(out_dir / f"summary_{letter}.json", "w") as fh:
 # ×¼ — beats the centre bias on val CC (asserted). Each stage gets 40 Adam steps at 32×64 (the paper: 200 SGD
 # epochs per stage at 192×256). The accuracy comparison (TA vs HD2S as teacher) is printed, not asserted. In our
 # run it was mixed: ×¼ TA beat ×¼ HD2S (CC 0.34 vs 0.17), as in the paper, but ×½ HD2S beat ×½ TA (0.46 vs 0.32).
-# At this scale the "TA" (the ×1 student, CC 0.40) and the reduced HD2S (CC ≈ 0.25 on val, notebook 04) are both
+# At this scale the "TA" (the ×1 student, CC 0.40) and the reduced HD2S (CC ≈ 0.31 on val, notebook 04) are both
 # weak teachers of similar quality, so the paper's premise — a TA closer to the student than the big teacher
 # is, and as good — is only partly there; with one seed and two val videos these gaps are not reliable. At full
 # scale the paper reports the TA rows ahead of the HD2S rows.
