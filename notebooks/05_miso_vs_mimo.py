@@ -60,15 +60,13 @@ import torch
 import tinyhd
 from tinyhd.complexity import complexity_table
 from tinyhd.paths import runs_dir
-from tinyhd.training import TrainConfig, config_key, last_validation, train
+from tinyhd.training import TrainConfig, config_key, last_validation, notebook_scale, train
 
 torch.set_num_threads(num_threads)
-full = data_root is not None
-size = tuple(size) if size is not None else ((192, 256) if full else (32, 64))
-batch_size = batch_size if batch_size is not None else (12 if full else 2)
-max_steps = (None if full else 40) if max_steps == "auto" else max_steps
-optimizer = ("sgd" if full else "adam") if optimizer == "auto" else optimizer
-milestones = tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else ()
+scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=max_steps, optimizer=optimizer,
+                       epochs=epochs)
+full, size, batch_size, max_steps = scale.full, scale.size, scale.batch_size, scale.max_steps
+optimizer, milestones = scale.optimizer, scale.milestones
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "05_miso_vs_mimo"
 out_dir.mkdir(parents=True, exist_ok=True)
 shared_runs = runs_dir() / "04_distill"     # where notebook 04 keeps its runs

@@ -60,16 +60,14 @@ import tinyhd
 from tinyhd.complexity import complexity_table
 from tinyhd.paths import runs_dir
 from tinyhd.reduction import reduce_channels
-from tinyhd.training import TrainConfig, config_key, last_validation, load_model, train
+from tinyhd.training import TrainConfig, config_key, last_validation, load_model, notebook_scale, train
 
 torch.set_num_threads(num_threads)
-full = data_root is not None
-size = tuple(size) if size is not None else ((192, 256) if full else (32, 64))
-batch_size = batch_size if batch_size is not None else (12 if full else 2)
-steps_x1, steps_reduced = (None, None) if (full and max_steps == "auto") else \
-    ((40, 40) if max_steps == "auto" else (max_steps, max_steps))
-optimizer = ("sgd" if full else "adam") if optimizer == "auto" else optimizer
-milestones = tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else ()
+scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=max_steps, optimizer=optimizer,
+                       epochs=epochs)
+full, size, batch_size, optimizer, milestones = (scale.full, scale.size, scale.batch_size, scale.optimizer,
+                                                 scale.milestones)
+steps_x1 = steps_reduced = scale.max_steps  # the same budget for the ×1 TA and each reduced stage
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "06_channel_reduction"
 out_dir.mkdir(parents=True, exist_ok=True)
 shared_runs = runs_dir() / "04_distill"

@@ -271,3 +271,17 @@ def test_centre_bias_validation_scores_the_fixed_gaussian(tmp_path, monkeypatch)
     scores = centre_bias_validation(cfg)
     assert 0 < scores["cc"] < 0.5 and scores["kld"] > 0
     assert centre_bias_validation(cfg) == scores
+
+
+def test_notebook_scale_reduced_and_full_defaults():
+    from tinyhd.training import notebook_scale
+
+    reduced = notebook_scale(None, epochs=2)
+    assert (reduced.full, reduced.size, reduced.batch_size, reduced.max_steps, reduced.optimizer,
+            reduced.milestones) == (False, (32, 64), 2, 40, "adam", ())
+    full = notebook_scale("/data/DHF1K", epochs=200)
+    assert (full.full, full.size, full.batch_size, full.max_steps, full.optimizer,
+            full.milestones) == (True, (192, 256), 12, None, "sgd", (100, 150, 180))
+    explicit = notebook_scale("/data/DHF1K", size=(96, 128), batch_size=4, max_steps=7, optimizer="adam", epochs=40)
+    assert (explicit.size, explicit.batch_size, explicit.max_steps, explicit.optimizer,
+            explicit.milestones) == ((96, 128), 4, 7, "adam", (20, 30, 36))

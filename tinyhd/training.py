@@ -689,6 +689,38 @@ def _sync_buffers(model: nn.Module, world: int) -> None:
             dist.broadcast(buf.data, src=0)
 
 
+@dataclass(frozen=True)
+class NotebookScale:
+    """The training knobs a notebook's ``parameters`` cell resolves (see :func:`notebook_scale`)."""
+
+    full: bool
+    size: tuple[int, int]
+    batch_size: int
+    max_steps: int | None
+    optimizer: str
+    milestones: tuple[int, ...]
+
+
+def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, batch_size: int | None = None,
+                   max_steps: int | str | None = "auto", optimizer: str = "auto", epochs: int = 200,
+                   reduced_steps: int = 40) -> NotebookScale:
+    """Resolve the notebooks' ``None``/``"auto"`` parameters for reduced or full scale.
+
+    Full scale (``data_root`` given): 192×256, batch 12, no step limit, the paper's SGD (§4.2). Reduced scale
+    (synthetic set): 32×64, batch 2, ``reduced_steps`` Adam steps (SGD from a random init does not move in
+    40 steps). Milestones are the paper's 100/150/180 of 200 epochs scaled to ``epochs`` (none below 20).
+    """
+    full = data_root is not None
+    return NotebookScale(
+        full=full,
+        size=tuple(size) if size is not None else ((192, 256) if full else (32, 64)),
+        batch_size=batch_size if batch_size is not None else (12 if full else 2),
+        max_steps=(None if full else reduced_steps) if max_steps == "auto" else max_steps,
+        optimizer=("sgd" if full else "adam") if optimizer == "auto" else optimizer,
+        milestones=tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else (),
+    )
+
+
 def config_key(cfg: TrainConfig) -> str:
     """A short hash of everything in ``cfg`` that changes what a run computes (not ``RESUMABLE_CHANGES``).
     Notebooks name run folders with it, so two notebooks asking for the same run share it."""
