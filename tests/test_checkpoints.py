@@ -11,8 +11,6 @@ from tinyhd.checkpoints import load_checkpoint, load_official_checkpoint, our_ke
 from tinyhd.errors import CheckpointError
 from tinyhd.model import TinyHD
 
-torch.set_num_threads(1)
-
 
 def official_dict(model: TinyHD) -> dict[str, torch.Tensor]:
     return {our_key_to_official(k): v.clone() for k, v in model.state_dict().items()}

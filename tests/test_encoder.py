@@ -11,8 +11,6 @@ from tinyhd.encoder import (ENCODER_TEMPORAL, MobileNetV2Encoder3d, inflate_2d_t
                             pixel_shuffle_frames, spatial_conv_name)
 from tinyhd.errors import UserError
 
-torch.set_num_threads(1)
-
 
 def test_inflate_replicates_kernels_and_copies_bn_affine_only() -> None:
     torch.manual_seed(0)

@@ -7,8 +7,6 @@ import torch
 from tinyhd.decoders import D1, D2, D3, decoder_temporal
 from tinyhd.model import TinyHD, TinyHDOutput
 
-torch.set_num_threads(1)
-
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -11,8 +11,6 @@ import tinyhd
 from tinyhd.checkpoints import our_key_to_official
 from tinyhd.model import TinyHD
 
-torch.set_num_threads(1)
-
 
 def parse_key_list(path: Path) -> dict[str, tuple[int, ...]]:
     """``key<TAB>(shape)<TAB>dtype`` lines of official_ckpt_keys_*.txt -> {key: shape}."""

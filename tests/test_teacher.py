@@ -23,13 +23,6 @@ needs_spec = pytest.mark.skipif(not SPEC.is_dir(), reason="../shared/spec (the a
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the CI box has 2 cores shared by several jobs: oversubscribed intra-op threads are slower, not faster
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def read_shapes(name: str) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -17,12 +17,6 @@ SIZE = (32, 64)  # HD2S needs multiples of 32; the smallest useful frame keeps t
 TOL = 1 / 512 + 2e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
