@@ -318,14 +318,26 @@ class HD2S_DA(HD2S):
 
     The classifiers' input widths are the authors' (fixed by the 128×192 training resolution), so the domain
     branch only runs on 128×192 clips; the saliency path runs at any valid size. 31,446,141 parameters.
+
+    ``domain_input_size`` (H, W) sizes the classifiers' first Linear layers for clips of another size (the
+    reduced-scale runs of :func:`tinyhd.training.train`): **not** the authors' layout — only the default
+    (128, 192) loads their DA checkpoint. A non-default size is kept in ``config`` so :func:`load_hd2s` rebuilds it.
     """
 
-    def __init__(self, pretrained_backbone: bool = False) -> None:
+    def __init__(self, pretrained_backbone: bool = False,
+                 domain_input_size: Sequence[int] = HD2S_INPUT_SIZE) -> None:
         super().__init__(pretrained_backbone)
+        H, W = (int(v) for v in domain_input_size)
+        if H % 32 or W % 32 or H <= 0 or W <= 0:
+            raise ValueError(f"domain_input_size must be positive multiples of 32, got {H}×{W}")
+        self.domain_input_size = (H, W)
+        if self.domain_input_size != tuple(HD2S_INPUT_SIZE):
+            self.config = {**self.config, "domain_input_size": [H, W]}
         self.grl = GradientReversal()
+        stride = {5: 32, 4: 32, 3: 16, 2: 8}  # the decoder-input grid of each level (DA_INPUT_HW at 128×192)
         for level in LEVELS:
             chans = DA_REDUCTION[level]
-            h, w = DA_INPUT_HW[level]
+            h, w = H // stride[level], W // stride[level]
             self.add_module(f"featureReduction{level}", FeatureReduction(chans))
             self.add_module(f"domainClassifier{level}", DomainClassifier(chans[-1] * h * w, DA_HIDDEN[level]))
 
@@ -335,9 +347,10 @@ class HD2S_DA(HD2S):
         maps = {lv: getattr(self, f"decoder{lv}")(feats[lv]) for lv in LEVELS}
         domain = None
         if lambda_ is not None:
-            if tuple(x.shape[-2:]) != (128, 192):
-                raise ValueError(f"HD2S_DA's domain classifiers take 128×192 clips (their input widths are fixed "
-                                 f"by the authors' weights), got {x.shape[-2]}×{x.shape[-1]}")
+            if tuple(x.shape[-2:]) != self.domain_input_size:
+                h, w = self.domain_input_size
+                raise ValueError(f"HD2S_DA's domain classifiers take {h}×{w} clips (their input widths are fixed "
+                                 f"by domain_input_size; the authors' weights: 128×192), got {x.shape[-2]}×{x.shape[-1]}")
             domain = torch.stack([
                 getattr(self, f"domainClassifier{lv}")(getattr(self, f"featureReduction{lv}")(self.grl(feats[lv], lambda_)))
                 for lv in (2, 3, 4, 5)], dim=1)  # B×4×2
@@ -352,7 +365,8 @@ def da_loss(model: HD2S_DA, source_clip: torch.Tensor, source_gt: torch.Tensor, 
 
     ``multilevel=True`` uses the paper's multi-level loss (Eq. 1); the authors' ``train_DA.py`` uses the final map
     only (``multilevel=False``; sheet §10). Clips in [−1, 1], 128×192 (the classifiers' fixed input widths).
-    Returns ``{"saliency", "domain", "lambda", "total"}``.
+    Returns ``{"saliency", "domain", "lambda", "domain_acc", "total"}``; ``domain_acc`` is the fraction of the
+    (clip, classifier) pairs whose domain the four classifiers get right (no gradient; 0.5 = fooled).
     """
     from tinyhd.losses import hd2s_kl, hd2s_multilevel_loss
 
@@ -367,7 +381,10 @@ def da_loss(model: HD2S_DA, source_clip: torch.Tensor, source_gt: torch.Tensor, 
     ones = torch.ones(tgt.domain.shape[0] * 4, dtype=torch.long, device=tgt.domain.device)
     # summed over the four classifiers, as the authors sum the four NLL terms
     dom = 4 * (F.nll_loss(src.domain.reshape(-1, 2), zeros) + F.nll_loss(tgt.domain.reshape(-1, 2), ones))
-    return {"saliency": sal, "domain": dom, "lambda": torch.tensor(lam), "total": sal + dom}
+    with torch.no_grad():
+        right = torch.cat([src.domain.reshape(-1, 2).argmax(1) == 0, tgt.domain.reshape(-1, 2).argmax(1) == 1])
+    return {"saliency": sal, "domain": dom, "lambda": torch.tensor(lam), "domain_acc": right.float().mean(),
+            "total": sal + dom}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -727,125 +744,56 @@ class OnlineTeacher:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Training HD2S (§4.2, sheet §7-8)
+# Training HD2S (§4.2, sheet §7-8): a thin wrapper over the one trainer, tinyhd.training.train
 # --------------------------------------------------------------------------------------------------------------
-
-def _stream_item(k: int, n: int, seed: int) -> tuple[int, int]:
-    """The k-th item of an endless stream of shuffled epochs over ``n`` items: (epoch, index)."""
-    epoch = k // n
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return epoch, int(perm[k % n])
-
 
 def train_hd2s(model: HD2S, data_root: str | Path, steps: int, size: Sequence[int] = (128, 192), batch_size: int = 8,
                accumulation: int = 1, lr: float = 1e-3, weight_decay: float = 2e-7, dataset: str = "dhf1k",
                seed: int = 0, out_dir: str | Path | None = None, checkpoint_every: int = 100,
                device: str | torch.device = "cpu", progress: bool = True, domain: str | None = None,
                val_every: int | None = None, val_clips_per_video: int = 2, head_lr_mult: float = 1.0) -> list[float]:
-    """Train HD2S (or HD2S_DSL on one ``domain``) with the multi-level KL loss (HD2S Eq. 5, sheet §7).
+    """Train ``model`` (HD2S, or HD2S_DSL on one ``domain``) in place with the multi-level KL loss (HD2S Eq. 1,
+    sheet §7) for ``steps`` optimiser steps; returns the per-step losses.
 
-    The authors' recipe (sheet §8): Adam, lr 1e-3, weight decay 2e-7, mini-batches of 8 (16 in the base script)
-    accumulated over 25 (``accumulation``; losses summed, not averaged), 2,500–5,000 optimiser steps, 16×128×192
-    clips whose target is the last frame's GT, random horizontal flips. Clips come from
-    :class:`tinyhd.data.SaliencyClipDataset` (``sampling="random"``) as a stream of shuffled epochs that is a
-    pure function of ``seed``, so a resumed run sees the same clips.
+    A thin wrapper over :func:`tinyhd.training.train` (``model: hd2s`` / ``hd2s_dsl`` with one source; the
+    same loop as ``tinyhd train``): Adam (``lr``, ``weight_decay``), ``accumulation`` mini-batches of
+    ``batch_size`` clips per step with their losses summed, 16-frame clips at ``size`` whose target is the last
+    frame's GT, random flips, clips drawn from a stream of shuffled passes over the train videos (a pure function
+    of ``seed``). The authors' recipe (sheet §8): lr 1e-3, weight decay 2e-7, 8 (base script: 16) × 25
+    accumulated, 2,500–5,000 steps at 128×192. ``head_lr_mult`` scales the lr of the 1×1 output convolutions
+    (``last_conv*``; 1 = the authors' recipe; the reduced-scale teacher of the notebooks uses it so that a few
+    hundred steps from scratch give maps with contrast).
 
-    With ``out_dir``, ``out_dir/last.pt`` (weights in the authors' layout, optimiser, step, losses) is written
-    atomically every ``checkpoint_every`` steps and at the end, and an existing one is resumed. Returns the
-    per-step losses. With ``val_every``, the mean KL of the final map over ``val_clips_per_video`` evenly spaced
-    clips of each val video is computed every ``val_every`` steps and the best model is saved as
-    ``out_dir/best.pt`` (:func:`save_hd2s` format), as the authors keep the checkpoint with the lowest
-    validation KL (sheet §8). ``head_lr_mult`` scales the lr of the 1×1 output convolutions (``last_conv*``: the
-    fusion and the conspicuity heads; 1 = the authors' recipe): the reduced-scale teacher of the notebooks uses it so
-    that a few hundred steps from scratch give maps with contrast (sigmoid of a fused sigmoid is flat otherwise).
-    This loop is separate from :func:`tinyhd.training.train` (the TinyHD trainer); the two
-    share the loss module (:func:`tinyhd.losses.hd2s_multilevel_loss`) but not yet a training loop.
+    With ``out_dir`` the trainer's ``last.pt`` (every ``checkpoint_every`` steps and at the end; :func:`load_hd2s`
+    reads it) and ``log.jsonl`` are written there and an existing run is resumed; otherwise a temporary folder is
+    used. With ``val_every``, the mean KL of the final map over ``val_clips_per_video`` evenly spaced clips of
+    each val video is computed every ``val_every`` steps (and at the end) and the best model is kept as
+    ``out_dir/best.pt``, as the authors keep the checkpoint with the lowest validation KL (sheet §8).
     """
-    from tqdm.auto import tqdm
+    import tempfile
 
-    from tinyhd.data import SaliencyClipDataset
-    from tinyhd.losses import hd2s_multilevel_loss
-    from tinyhd.paths import atomic_torch_save
-    from tinyhd.preprocess import student_to_teacher_input
-    from tinyhd.training import collate
+    from tinyhd.errors import UserError
+    from tinyhd.training import TrainConfig, train
 
-    ds = SaliencyClipDataset(data_root, split="train", dataset=dataset, clip_len=WINDOW, size=tuple(size),
-                             output="single", sampling="random", flip=True, seed=seed)
-    if not ds.annotated:
-        raise CheckpointError(f"{data_root}: the train split has no saliency maps to train HD2S on")
-    device = torch.device(device)
-    model.to(device).train()
-    if head_lr_mult <= 0:
-        raise ValueError(f"head_lr_mult must be positive, got {head_lr_mult}")
-    head = [p for n, p in model.named_parameters() if n.split(".")[-2].startswith("last_conv")]
-    rest = [p for n, p in model.named_parameters() if not n.split(".")[-2].startswith("last_conv")]
-    groups = [{"params": rest}] + ([{"params": head, "lr": lr * head_lr_mult}] if head_lr_mult != 1.0 else [])
-    if head_lr_mult == 1.0:
-        groups[0]["params"] = list(model.parameters())
-    opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
-    losses: list[float] = []
-    start = 0
-    last = Path(out_dir) / "last.pt" if out_dir is not None else None
-    if last is not None and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=True)
-        model.load_state_dict({official_key_to_ours(k): v for k, v in state["model"].items()}, strict=True)
-        opt.load_state_dict(state["optimizer"])
-        start, losses = int(state["step"]), list(state["losses"])
-
-    best = {"val": float("inf")} if start == 0 or last is None else dict(state.get("best", {"val": float("inf")}))
-    val_ds = None
-    if val_every:
-        val_ds = SaliencyClipDataset(data_root, split="val", dataset=dataset, clip_len=WINDOW, size=tuple(size),
-                                     output="single", sampling="uniform", flip=False,
-                                     clips_per_video=val_clips_per_video)
-
-    def validate() -> float:
-        from tinyhd.losses import hd2s_kl
-
-        model.eval()
-        vals = []
-        with torch.no_grad():
-            for i in range(len(val_ds)):
-                item = val_ds[i]
-                x = student_to_teacher_input(item["clip"][None].to(device))
-                out = model(x, domain=domain) if isinstance(model, HD2S_DSL) else model(x)
-                vals.append(float(hd2s_kl(out.saliency[:, 0], item["saliency"][-1:].to(device))))
-        model.train()
-        return sum(vals) / len(vals)
-
-    def save(step: int) -> None:
-        if last is not None:
-            atomic_torch_save({"format": "hd2s-train", "model": official_state_dict(model),
-                               "optimizer": opt.state_dict(), "step": step, "losses": losses, "best": best}, last)
-
-    per_step = batch_size * accumulation
-    bar = tqdm(range(start, steps), desc="HD2S", unit="step", disable=not progress, initial=start, total=steps)
-    for step in bar:
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for a in range(accumulation):
-            items = []
-            for j in range(batch_size):
-                epoch, i = _stream_item(step * per_step + a * batch_size + j, len(ds), seed)
-                ds.set_epoch(epoch)
-                items.append(ds[i])
-            batch = collate(items)
-            x = student_to_teacher_input(batch["clip"].to(device))            # HD2S input is [−1, 1]
-            out = model(x, domain=domain) if isinstance(model, HD2S_DSL) else model(x)
-            loss = hd2s_multilevel_loss(out.saliency, out.conspicuity, batch["saliency"][:, -1].to(device))
-            loss.backward()  # accumulated: the authors sum the mini-batch losses
-            total += loss.item()
-        opt.step()
-        losses.append(total)
-        bar.set_postfix(loss=f"{total:.3f}")
-        if val_ds is not None and (step + 1) % val_every == 0:
-            v = validate()
-            if v < best["val"]:
-                best.update(val=v, step=step + 1)
-                if out_dir is not None:
-                    save_hd2s(model, Path(out_dir) / "best.pt", step=step + 1, val_kl=v)
-        if (step + 1) % checkpoint_every == 0:
-            save(step + 1)
-    save(steps)
+    if isinstance(model, HD2S_DSL):
+        name = domain or model.domains[0]
+        if name not in model.domains:
+            raise ValueError(f"unknown domain {name!r}; this HD2S_DSL knows {model.domains}")
+        kind = {"model": "hd2s_dsl", "dsl_sources": ({"name": name, "root": str(data_root), "dataset": dataset},)}
+    elif type(model) is HD2S:
+        kind = {"model": "hd2s", "data_root": str(data_root), "dataset": dataset}
+    else:
+        raise ValueError(f"train_hd2s trains HD2S or HD2S_DSL; for {type(model).__name__} use "
+                         f"tinyhd.training.train with model: hd2s_da")
+    cfg = TrainConfig(**kind, size=tuple(int(s) for s in size), batch_size=batch_size, accumulation=accumulation,
+                      lr=lr, weight_decay=weight_decay, head_lr_mult=head_lr_mult, seed=seed, epochs=10**9,
+                      max_steps=steps, checkpoint_every=checkpoint_every, device=str(device), progress=progress,
+                      val_every=val_every or 0, val_clips_per_video=val_clips_per_video, amp=False)
+    try:
+        cfg.validate("train_hd2s")
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="hd2s_train_") as tmp:
+        result = train(cfg, Path(out_dir) if out_dir is not None else tmp, model=model)
     model.eval()
-    return losses
+    return [row["total"] for row in result.history if row.get("kind") == "train"]

@@ -49,9 +49,26 @@ from tinyhd.paths import atomic_open, atomic_torch_save
 
 DISTILL_ON = ("none", "target", "all")
 OPTIMIZERS = ("sgd", "adam")
+MODELS = ("tinyhd", "hd2s", "hd2s_da", "hd2s_dsl")
+HD2S_MODELS = MODELS[1:]
+DA_TARGET_LAYOUTS = ("kinetics", "dhf1k", "ucf", "hollywood2")
+# the defaults that depend on the model kind (a field left at None takes its kind's value, see TrainConfig)
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    # TinyHD, paper §4.2 / sheet (e)
+    "tinyhd": dict(optimizer="sgd", lr=0.01, weight_decay=5e-4, milestones=(100, 150, 180), batch_size=12,
+                   size=(192, 256), distill_on="all"),
+    # HD2S, HD2S paper §4 / HD2S sheet §8: Adam 1e-3, weight decay 2e-7, no lr schedule, mini-batch 8, 128×192
+    "hd2s": dict(optimizer="adam", lr=1e-3, weight_decay=2e-7, milestones=(), batch_size=8, size=(128, 192),
+                 distill_on="none"),
+}
 # fields that may change between a run and its resumption (they do not change what is computed per step)
-RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every", "num_workers", "log_every", "progress",
-                     "device", "num_threads", "val_videos"}
+_KEY_EXCLUDED = {"epochs", "max_steps", "checkpoint_every", "num_workers", "log_every", "progress",
+                 "device", "num_threads", "val_videos"}
+RESUMABLE_CHANGES = _KEY_EXCLUDED | {"val_every", "val_clips_per_video"}  # validation only, not the weights
+# fields added with HD2S training: left out of config_key() at these defaults, so older run folders keep their names
+_ADDED_DEFAULTS: dict[str, Any] = {"model": "tinyhd", "accumulation": 1, "head_lr_mult": 1.0, "val_every": None,
+                                   "da_target_root": None, "da_target_dataset": "kinetics", "da_multilevel": False,
+                                   "dsl_sources": None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -60,13 +77,22 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "checkpoint_every", "num_workers", "
 
 @dataclass
 class TrainConfig:
-    """Every training knob. Defaults are the paper's recipe (§4.2) for TinyHD-S on DHF1K with Kinetics-400."""
+    """Every training knob. Defaults are the paper's recipe (§4.2) for TinyHD-S on DHF1K with Kinetics-400.
+
+    ``model`` picks what is trained: ``tinyhd`` (the default) or the teacher HD2S — ``hd2s`` (HD2S paper §3,
+    multi-level KL of Eq. 1), ``hd2s_da`` (+ domain adaptation, §3.5) or ``hd2s_dsl`` (domain-specific learning
+    on several sources, §3.6). The fields ``optimizer``, ``lr``, ``weight_decay``, ``milestones``,
+    ``batch_size``, ``size`` and ``distill_on`` default to ``None`` and are filled *per model kind* when the
+    config is built (:data:`KIND_DEFAULTS`): TinyHD's SGD recipe for ``tinyhd``, the HD2S recipe (Adam lr 1e-3,
+    weight decay 2e-7, no schedule, mini-batch 8, 128×192, no distillation; HD2S sheet §8) for the others.
+    Set ``model`` when constructing: :func:`dataclasses.replace` of a built config keeps the filled values.
+    """
 
     # data
     data_root: str | None = None          # DHF1K-layout root; None → tinyhd.synth.ensure_synthetic("dhf1k")
     aux_root: str | None = None           # Kinetics-400-layout root; None → ensure_synthetic("kinetics")
     dataset: str = "dhf1k"                # layout of data_root: dhf1k, ucf, hollywood2
-    size: tuple[int, int] = (192, 256)    # training resolution H×W (divisible by 32)
+    size: tuple[int, int] | None = None   # training resolution H×W (divisible by 32); None → 192×256 (HD2S 128×192)
     clip_len: int = 16
     aux_per_target: float = 1.0           # auxiliary clips per target video per epoch (DHF1K 1:1, UCF 1:10)
     max_videos: int | None = None         # use only the first N training videos (reduced scale)
@@ -83,21 +109,32 @@ class TrainConfig:
     reduce_factor: int = 1                # 2 or 4: reduce_channels(init_from model) — §3.3.2 students
     # distillation
     teacher: str | None = None            # "cache:PATH" | "hd2s:CKPT" | "student:CKPT" | "reduced" | None
-    distill_on: str = "all"               # "none" (GT only) | "target" (+KD on TD) | "all" (+KD on AD)
+    distill_on: str | None = None         # "none" (GT only) | "target" (+KD on TD) | "all" (+KD on AD); None → "all"
+                                          # (HD2S kinds: "none", the only choice)
     # optimisation (paper §4.2; sheet (e))
-    optimizer: str = "sgd"                # "sgd" (the paper) | "adam" (reduced-scale runs from a random init)
+    optimizer: str | None = None          # "sgd" (the paper) | "adam" (reduced-scale runs; HD2S); None → per kind
     epochs: int = 200
-    batch_size: int = 12                  # paper; the authors' yaml says 2
-    lr: float = 0.01                      # the paper's SGD lr; with optimizer "adam" use ~1e-3
+    batch_size: int | None = None         # None → 12 (paper; the authors' yaml says 2); HD2S kinds: 8 (sheet §8)
+    lr: float | None = None               # None → the paper's SGD lr 0.01 (HD2S kinds: Adam 1e-3); adam: use ~1e-3
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float | None = None     # None → 5e-4 (HD2S kinds: 2e-7, on every parameter)
     encoder_lr_mult: float = 0.5
     bias_lr_mult: float = 2.0
-    milestones: tuple[int, ...] = (100, 150, 180)
+    milestones: tuple[int, ...] | None = None  # epochs of lr × gamma; None → (100, 150, 180) (HD2S kinds: none)
     gamma: float = 0.1
     reload_best_at_milestones: bool = False
     amp: bool = True                      # mixed precision (only on CUDA)
     max_steps: int | None = None          # stop after this many optimizer steps (in total)
+    # model kind and the HD2S knobs (HD2S paper §3.5–3.6, §4; HD2S sheet §8, §10, §11)
+    model: str = "tinyhd"                 # "tinyhd" | "hd2s" | "hd2s_da" | "hd2s_dsl"
+    accumulation: int = 1                 # mini-batches per optimiser step, losses summed (HD2S recipe: 25)
+    head_lr_mult: float = 1.0             # HD2S kinds: lr × this for the 1×1 output convs (last_conv*); 1 = authors
+    val_every: int | None = None          # validate every N optimiser steps; None: at each epoch end; 0: never
+    da_target_root: str | None = None     # hd2s_da: unlabelled target-domain root; None → synthetic Kinetics layout
+    da_target_dataset: str = "kinetics"   # its layout: kinetics | dhf1k | ucf | hollywood2 (labels are not used)
+    da_multilevel: bool = False           # hd2s_da saliency loss: False = final map only (authors' train_DA.py,
+                                          # sheet §10); True = the paper's multi-level loss
+    dsl_sources: tuple[dict, ...] | None = None  # hd2s_dsl: [{name, root, dataset, synthetic_seed}], cycled in order
     # bookkeeping
     seed: int = 0
     device: str = "auto"                  # "auto" → cuda if available, else cpu
@@ -107,11 +144,19 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for name, value in KIND_DEFAULTS["tinyhd" if self.model == "tinyhd" else "hd2s"].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
     def validate(self, source: str = "TrainConfig") -> "TrainConfig":
         """Raise :class:`UserError` naming ``source`` and the field for any invalid value; return self."""
         def bad(name: str, why: str) -> UserError:
             return UserError(f"{source}: {name}: {why} (got {getattr(self, name)!r})")
 
+        if self.model not in MODELS:
+            raise bad("model", f"must be one of {MODELS}")
+        self.__post_init__()  # fields set to None after construction
         if self.output not in ("single", "multi"):
             raise bad("output", "must be 'single' or 'multi'")
         if self.distill_on not in DISTILL_ON:
@@ -139,7 +184,54 @@ class TrainConfig:
             raise bad("aux_per_target", "must be >= 0")
         if self.teacher and not (self.teacher == "reduced" or self.teacher.split(":", 1)[0] in ("cache", "hd2s", "student")):
             raise bad("teacher", "must be cache:PATH, hd2s:CKPT, student:CKPT or reduced")
+        if int(self.accumulation) < 1:
+            raise bad("accumulation", "must be at least 1")
+        if self.head_lr_mult <= 0:
+            raise bad("head_lr_mult", "must be positive")
+        if self.val_every is not None and int(self.val_every) < 0:
+            raise bad("val_every", "must be >= 0 (0: never validate) or null (every epoch)")
+        if self.model in HD2S_MODELS:
+            self._validate_hd2s(bad)
         return self
+
+    def _validate_hd2s(self, bad: Callable[[str, str], UserError]) -> None:
+        """The extra rules of the HD2S kinds (HD2S sheet §1 "Constraints", §10, §11)."""
+        if self.distill_on != "none" or self.teacher:
+            raise bad("distill_on", f"model {self.model!r} is trained on ground truth only: use distill_on: none "
+                                    f"and no teacher")
+        if self.output != "single":
+            raise bad("output", f"model {self.model!r} predicts the clip's last frame: use output: single")
+        if self.clip_len not in (8, 12, 16):
+            raise bad("clip_len", "HD2S needs 8, 12 or 16 frames (16 by design)")
+        if self.optimizer != "adam":
+            raise bad("optimizer", f"model {self.model!r} is trained with Adam (HD2S sheet §8)")
+        if self.reduce_factor != 1:
+            raise bad("reduce_factor", "only TinyHD students are channel-reduced")
+        if self.model == "hd2s_da":
+            if self.batch_size < 2:
+                raise bad("batch_size", "hd2s_da needs at least 2 clips per mini-batch (BatchNorm1d in the "
+                                        "domain classifiers)")
+            if self.da_target_dataset not in DA_TARGET_LAYOUTS:
+                raise bad("da_target_dataset", f"must be one of {DA_TARGET_LAYOUTS}")
+        if self.model == "hd2s_dsl":
+            sources = self.dsl_sources
+            if not sources or not isinstance(sources, (list, tuple)):
+                raise bad("dsl_sources", "hd2s_dsl needs a list of sources {name, root, dataset}")
+            names = []
+            for i, src in enumerate(sources):
+                if not isinstance(src, Mapping) or not isinstance(src.get("name"), str) or not src["name"].isalnum():
+                    raise bad("dsl_sources", f"entry {i} needs an alphanumeric 'name' (e.g. DHF1K)")
+                extra = set(src) - {"name", "root", "dataset", "synthetic_seed"}
+                if extra:
+                    raise bad("dsl_sources", f"entry {i}: unknown key(s) {sorted(extra)} (known: name, root, "
+                                             f"dataset, synthetic_seed)")
+                if src.get("dataset", "dhf1k") not in ("dhf1k", "ucf", "hollywood2"):
+                    raise bad("dsl_sources", f"entry {i}: dataset must be dhf1k, ucf or hollywood2")
+                names.append(src["name"].lower())
+            if len(set(names)) != len(names):
+                raise bad("dsl_sources", "source names must differ (case-insensitively)")
+        elif self.dsl_sources:
+            raise bad("dsl_sources", "only used with model: hd2s_dsl")
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
@@ -157,9 +249,14 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
         cfg = TrainConfig(**kwargs)
     except TypeError as exc:  # pragma: no cover - guarded above
         raise UserError(f"{source}: {exc}") from exc
-    cfg.size = tuple(int(s) for s in cfg.size)  # type: ignore[assignment]
-    cfg.milestones = tuple(int(m) for m in cfg.milestones)  # type: ignore[assignment]
+    try:
+        cfg.size = tuple(int(s) for s in cfg.size)  # type: ignore[assignment, union-attr]
+        cfg.milestones = tuple(int(m) for m in cfg.milestones)  # type: ignore[assignment, union-attr]
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{source}: size / milestones must be lists of integers ({exc})") from None
     cfg.decoders = tuple(cfg.decoders)
+    if cfg.dsl_sources is not None:
+        cfg.dsl_sources = tuple(dict(s) if isinstance(s, Mapping) else s for s in cfg.dsl_sources)  # type: ignore
     return cfg.validate(source)
 
 
@@ -288,6 +385,137 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset]:
     return train_ds, aux_ds, val_ds
 
 
+def stream_item(k: int, n: int, seed: int) -> tuple[int, int]:
+    """The k-th item of an endless stream of shuffled passes over ``n`` items: ``(pass, index)``. A pure function
+    of its arguments (the HD2S kinds draw their clips from such streams, so a resumed run sees the same clips)."""
+    epoch = k // n
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return epoch, int(perm[k % n])
+
+
+class _StreamClips(Dataset):
+    """The HD2S kinds' epoch as a dataset: position → ``(dataset id, index, data pass)`` → the clip item, drawn
+    after ``set_epoch(pass)`` so that its random clip and flip are a pure function of (seed, pass, index).
+    ``source`` is set to the dataset's name (DA: "source"/"target"; DSL: the source's name)."""
+
+    def __init__(self, datasets: Sequence[tuple[str, Dataset]], plan: list[tuple[int, int, int]]) -> None:
+        self.datasets, self.plan = list(datasets), plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, pos: int) -> dict[str, Any]:
+        ds_id, index, data_pass = self.plan[pos]
+        name, ds = self.datasets[ds_id]
+        _set_epoch(ds, data_pass)
+        item = dict(ds[index])
+        item["source"] = name
+        return item
+
+
+@dataclass
+class _Data:
+    """What the loop trains and validates on. ``train`` holds the labelled sets in order (TinyHD: the target
+    set; HD2S/HD2S_DA: the source set; HD2S_DSL: one per source, in ``dsl_sources`` order); ``aux`` the
+    auxiliary (TinyHD) or target-domain (HD2S_DA) set; ``val`` one (name, set) per validated domain."""
+
+    train: list[tuple[str, Dataset]]
+    aux: Dataset | None
+    val: list[tuple[str | None, Dataset]]
+
+
+def build_data(cfg: TrainConfig) -> _Data:
+    """The datasets of any model kind (TinyHD: :func:`build_datasets`)."""
+    if cfg.model == "tinyhd":
+        train_ds, aux_ds, val_ds = build_datasets(cfg)
+        return _Data([("target", train_ds)], aux_ds, [(None, val_ds)])
+    from tinyhd import data as tdata
+    from tinyhd.synth import ensure_synthetic
+
+    common = dict(clip_len=cfg.clip_len, size=tuple(cfg.size), output="single", seed=cfg.seed)
+
+    def labelled(root: str | None, dataset: str, field: str, synthetic_seed: int = 0) -> tuple[Dataset, Dataset]:
+        path = Path(root) if root else ensure_synthetic("dhf1k", seed=synthetic_seed, progress=False)
+        if not path.is_dir():
+            raise UserError(f"{field} {path}: no such folder")
+        train_ds = tdata.SaliencyClipDataset(path, split="train", dataset=dataset, sampling="random", flip=cfg.flip,
+                                             max_videos=cfg.max_videos, **common)
+        if not train_ds.annotated or len(train_ds) == 0:
+            raise UserError(f"{field} {path}: the train split has no saliency maps to train HD2S on")
+        val_ds = tdata.SaliencyClipDataset(path, split="val", dataset=dataset, sampling="uniform", flip=False,
+                                           max_videos=cfg.val_videos, clips_per_video=cfg.val_clips_per_video,
+                                           **common)
+        return train_ds, val_ds
+
+    if cfg.model == "hd2s_dsl":
+        data = _Data([], None, [])
+        for i, src in enumerate(cfg.dsl_sources or ()):
+            train_ds, val_ds = labelled(src.get("root"), src.get("dataset", "dhf1k"), f"dsl_sources[{i}].root",
+                                        int(src.get("synthetic_seed", i)))
+            data.train.append((src["name"], train_ds))
+            data.val.append((src["name"], val_ds))
+        return data
+    train_ds, val_ds = labelled(cfg.data_root, cfg.dataset, "data_root")
+    aux = None
+    if cfg.model == "hd2s_da":  # the unlabelled target domain (its labels, if any, are never read)
+        root = Path(cfg.da_target_root) if cfg.da_target_root else ensure_synthetic("kinetics", progress=False)
+        if not root.is_dir():
+            raise UserError(f"da_target_root {root}: no such folder")
+        if cfg.da_target_dataset == "kinetics":
+            aux = tdata.UnlabeledClipDataset(root, flip=cfg.flip, max_videos=cfg.max_aux_videos, **common)
+        else:
+            aux = tdata.SaliencyClipDataset(root, split="train", dataset=cfg.da_target_dataset, sampling="random",
+                                            flip=cfg.flip, max_videos=cfg.max_aux_videos, **common)
+        if len(aux) == 0:  # type: ignore[arg-type]
+            raise UserError(f"da_target_root {root}: no training videos")
+    return _Data([("source" if cfg.model == "hd2s_da" else "train", train_ds)], aux, [(None, val_ds)])
+
+
+def minibatches_per_epoch(cfg: TrainConfig, data: _Data) -> int:
+    """Mini-batches in one epoch. TinyHD: the epoch plan in batches (:func:`shard_batches`). HD2S kinds: enough
+    rounds for every training video of every source to be drawn once (DSL: one mini-batch per source per
+    round), rounded up to a multiple of ``accumulation`` so that optimiser steps never straddle epochs."""
+    if cfg.model == "tinyhd":
+        raise ValueError("TinyHD's epoch comes from epoch_plan")
+    B = cfg.batch_size
+    rounds = max(math.ceil(len(ds) / B) for _, ds in data.train) * len(data.train)  # type: ignore[arg-type]
+    return math.ceil(rounds / cfg.accumulation) * cfg.accumulation
+
+
+def hd2s_epoch(cfg: TrainConfig, data: _Data, epoch: int, rank: int = 0, world: int = 1
+               ) -> tuple[Dataset, list[list[int]]]:
+    """The HD2S kinds' epoch: a dataset of clips and its mini-batches (lists of positions, this rank's share).
+
+    Global mini-batch g (counted over the whole run) takes ``batch_size`` consecutive items of an endless
+    stream of shuffled passes over a source's videos (:func:`stream_item`): ``hd2s`` the source's items
+    g·B … g·B+B−1; ``hd2s_da`` the same plus as many items of the target-domain stream; ``hd2s_dsl`` cycles the
+    sources in order (HD2S sheet §11: DHF1K → Hollywood → UCF-Sports) — source g mod S, its (g div S)-th batch.
+    Each source has its own stream (seed + source number). A pure function of (cfg, epoch): resumable.
+    """
+    B, M = cfg.batch_size, minibatches_per_epoch(cfg, data)
+    plan: list[tuple[int, int, int]] = []
+    batches: list[list[int]] = []
+
+    def take(ds_id: int, n: int, start: int) -> list[int]:
+        first = len(plan)
+        for k in range(start, start + B):
+            data_pass, index = stream_item(k, n, cfg.seed + ds_id)
+            plan.append((ds_id, index, data_pass))
+        return list(range(first, len(plan)))[rank::world]
+
+    datasets = list(data.train) + ([("target", data.aux)] if data.aux is not None else [])
+    for g in range(epoch * M, (epoch + 1) * M):
+        if cfg.model == "hd2s_dsl":
+            s = g % len(data.train)
+            batches.append(take(s, len(data.train[s][1]), (g // len(data.train)) * B))  # type: ignore[arg-type]
+        else:
+            positions = take(0, len(data.train[0][1]), g * B)  # type: ignore[arg-type]
+            if cfg.model == "hd2s_da":
+                positions += take(1, len(data.aux), g * B)  # type: ignore[arg-type]
+            batches.append(positions)
+    return _StreamClips(datasets, plan), batches
+
+
 def _set_epoch(ds: Any, epoch: int) -> None:
     while ds is not None:
         if hasattr(ds, "set_epoch"):
@@ -311,9 +539,12 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """A fresh TinyHD from the config, or ``init_from`` (then ``reduce_channels`` by ``reduce_factor``)."""
+    """A fresh TinyHD from the config, or ``init_from`` (then ``reduce_channels`` by ``reduce_factor``).
+    HD2S kinds: :func:`build_hd2s`."""
     from tinyhd.model import TinyHD
 
+    if cfg.model in HD2S_MODELS:
+        return build_hd2s(cfg)
     torch.manual_seed(cfg.seed)
     if not cfg.init_from:
         return TinyHD(output=cfg.output, decoders=tuple(cfg.decoders), reduction=cfg.reduction,
@@ -328,6 +559,94 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         torch.manual_seed(cfg.seed)  # the fresh decoders of the reduced student
         model = reduce_channels(model, cfg.reduce_factor)
     return model
+
+
+def build_hd2s(cfg: TrainConfig) -> nn.Module:
+    """A fresh HD2S / HD2S_DA / HD2S_DSL (``dsl_sources`` names its domains), or ``init_from`` (an HD2S
+    checkpoint of the same variant, ours or the authors', :func:`tinyhd.teacher.load_hd2s`).
+
+    HD2S_DA's domain classifiers are sized for ``cfg.size``: at 128×192 that is the authors' layout; at any
+    other size it is not (``domain_input_size``, HD2S sheet §10: their input widths are fixed by the size)."""
+    from tinyhd import teacher as tteacher
+
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "hd2s":
+        model: nn.Module = tteacher.HD2S(pretrained_backbone=cfg.pretrained_backbone)
+    elif cfg.model == "hd2s_da":
+        model = tteacher.HD2S_DA(pretrained_backbone=cfg.pretrained_backbone, domain_input_size=tuple(cfg.size))
+    else:
+        model = tteacher.HD2S_DSL(domains=[s["name"] for s in cfg.dsl_sources or ()],
+                                  pretrained_backbone=cfg.pretrained_backbone)
+    if cfg.init_from:
+        start = tteacher.load_hd2s(cfg.init_from)
+        if type(start) is not type(model) or start.state_dict().keys() != model.state_dict().keys():
+            raise UserError(f"init_from {cfg.init_from}: a {type(start).__name__} checkpoint that does not match "
+                            f"model {cfg.model!r} ({type(model).__name__}, size, domains)")
+        model = start
+    return model
+
+
+def _hd2s_input(clip: torch.Tensor) -> torch.Tensor:
+    """HD2S's input: the student clip (ImageNet-normalised) mapped to [−1, 1] (HD2S sheet §6)."""
+    from tinyhd.preprocess import student_to_teacher_input
+
+    return student_to_teacher_input(clip)
+
+
+def predict_saliency(model: nn.Module, cfg: TrainConfig, clip: torch.Tensor, domain: str | None = None) -> torch.Tensor:
+    """The final map B×T'×H×W of any model kind (HD2S kinds: T' = 1, the clip's last frame; DSL: ``domain``)."""
+    if cfg.model == "tinyhd":
+        return model(clip).saliency
+    x = _hd2s_input(clip)
+    out = model(x, domain=domain) if cfg.model == "hd2s_dsl" else model(x)
+    return out.saliency
+
+
+def _module_of(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def step_loss(cfg: TrainConfig, model: nn.Module, batch: Mapping[str, Any], device: torch.device, use_amp: bool,
+              teacher: Callable | None, progress: float) -> dict[str, torch.Tensor]:
+    """The loss terms of one mini-batch (``"total"`` is backpropagated), per model kind:
+
+    * ``tinyhd`` — :func:`tinyhd.losses.distillation_loss` (TinyHD Eq. 2/3);
+    * ``hd2s`` — the multi-level KL of the final and the four conspicuity maps against the clip's last-frame
+      GT (HD2S Eq. 1, sheet §7), ``"final"`` = the final map's KL alone (logged);
+    * ``hd2s_da`` — :func:`tinyhd.teacher.da_loss` on the batch's source and target clips with
+      λ = grl_lambda(``progress``) (HD2S §3.5, sheet §10);
+    * ``hd2s_dsl`` — the multi-level KL through the batch's source domain (every clip of a mini-batch comes from
+      one source, HD2S sheet §11).
+    """
+    from tinyhd.losses import hd2s_kl, hd2s_multilevel_loss
+
+    clip = batch["clip"].to(device, non_blocking=True)                  # B×3×T×H×W
+    if cfg.model == "tinyhd":
+        with torch.autocast(device.type, enabled=use_amp):
+            out = model(clip)                                           # saliency B×T'×H×W, d1 B×4×H×W
+        teacher_maps, mask = None, None
+        if teacher is not None and cfg.distill_on != "none":
+            with torch.no_grad():
+                teacher_maps = teacher(batch)                           # final B×T'×H×W, conspicuity B×4×T'×H×W
+            is_target = torch.tensor([s == "target" for s in batch["source"]])
+            mask = is_target if cfg.distill_on == "target" else torch.ones_like(is_target)
+        return distillation_loss(out, batch, teacher_maps, mask)       # Eq. 2 / Eq. 3
+    gt = batch["saliency"][:, -1].to(device)                            # B×H×W: the last frame's GT
+    if cfg.model == "hd2s_da":
+        from tinyhd.teacher import da_loss
+
+        is_src = torch.tensor([s == "source" for s in batch["source"]])
+        with torch.autocast(device.type, enabled=use_amp):
+            return da_loss(model, _hd2s_input(clip[is_src]), gt[is_src], _hd2s_input(clip[~is_src]), progress,
+                           multilevel=cfg.da_multilevel)
+    sources = set(batch["source"])
+    if len(sources) != 1:
+        raise ValueError(f"an HD2S mini-batch mixes sources {sorted(sources)}")
+    with torch.autocast(device.type, enabled=use_amp):
+        x = _hd2s_input(clip)
+        out = model(x, domain=sources.pop()) if cfg.model == "hd2s_dsl" else model(x)
+    total = hd2s_multilevel_loss(out.saliency.float(), out.conspicuity.float(), gt)
+    return {"total": total, "final": hd2s_kl(out.saliency.detach().float()[:, 0], gt)}
 
 
 class StudentTeacher:
@@ -386,9 +705,24 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     return out
 
 
+def hd2s_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """HD2S kinds: every parameter at ``lr`` with weight decay (the authors' ``Adam(model.parameters(), …)``,
+    sheet §8), except that with ``head_lr_mult`` ≠ 1 the 1×1 output convolutions (``last_conv*``) get their own
+    group at ``head_lr_mult`` × lr (reduced-scale runs from scratch; the fused sigmoid is flat otherwise)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.head_lr_mult == 1.0:
+        return [{"params": [p for _, p in params], "name": "all"}]
+    head = [p for n, p in params if n.split(".")[-2].startswith("last_conv")]
+    rest = [p for n, p in params if not n.split(".")[-2].startswith("last_conv")]
+    return [{"params": rest, "name": "all"}, {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "name": "heads"}]
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the paper, §4.2) or Adam (``optimizer: adam``: the reduced-scale notebooks, where a
-    randomly initialised student gets a few dozen steps), both over :func:`param_groups`."""
+    randomly initialised student gets a few dozen steps), both over :func:`param_groups`. HD2S kinds: Adam with
+    ``weight_decay`` over :func:`hd2s_param_groups` (HD2S sheet §8)."""
+    if cfg.model in HD2S_MODELS:
+        return torch.optim.Adam(hd2s_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     groups = param_groups(model, cfg)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
@@ -400,10 +734,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, val_ds: Dataset, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+def validate(model: nn.Module, val_ds: Dataset, cfg: TrainConfig, device: torch.device,
+             domain: str | None = None) -> dict[str, float]:
     """KL to the GT (the loss) and CC / NSS / SIM / KLD (``tinyhd.metrics``) on the val clips, at the
-    training resolution (cheap; ``tinyhd evaluate`` is the benchmark protocol)."""
+    training resolution (cheap; ``tinyhd evaluate`` is the benchmark protocol). HD2S kinds: ``val_loss`` is the
+    mean KL of the final map (the authors' ``KLD`` of sheet §7, :func:`tinyhd.losses.hd2s_kl`; the checkpoint
+    with the lowest one is kept, sheet §8); DSL validates through ``domain``."""
     from tinyhd import metrics
+    from tinyhd.losses import hd2s_kl
 
     was_training = model.training
     model.eval()
@@ -412,10 +750,12 @@ def validate(model: nn.Module, val_ds: Dataset, cfg: TrainConfig, device: torch.
     losses, scores = [], {"cc": [], "nss": [], "sim": [], "kld": []}
     for batch in loader:
         with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
-            out = model(batch["clip"].to(device))
-        sal = out.saliency.float()                                      # B×T'×H×W
+            sal = predict_saliency(model, cfg, batch["clip"].to(device), domain).float()   # B×T'×H×W
         gt = batch["saliency"].to(device).reshape(sal.shape)
-        losses.append(float(kl_maps(sal, gt, mask=batch["has_sal"])))
+        if cfg.model == "tinyhd":
+            losses.append(float(kl_maps(sal, gt, mask=batch["has_sal"])))
+        else:
+            losses.append(float(hd2s_kl(sal[:, 0], gt[:, 0])))
         fix = batch["fixation"].reshape(sal.shape).numpy()
         pred, dens = sal.cpu().numpy(), gt.cpu().numpy()
         for b in range(sal.shape[0]):
@@ -516,11 +856,46 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None = None) -> TrainResult:
-    """Train (or distil) TinyHD per ``cfg`` into ``out_dir``; resume from ``out_dir/last.pt`` if present.
+def _checkpoint_payload(model: nn.Module, cfg: TrainConfig, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The model part of a checkpoint. TinyHD: ``{"format": "tinyhd", "config", "model"}``
+    (:func:`tinyhd.load_checkpoint`). HD2S kinds: :func:`tinyhd.teacher.save_hd2s`'s layout — ``format: hd2s``,
+    ``variant``, ``config``, the weights in the authors' key layout — plus ``step`` and ``val_kl`` (the best
+    validation KL so far), so ``last.pt``/``best.pt`` load with :func:`tinyhd.teacher.load_hd2s` and hence
+    with ``tinyhd cache-teacher`` and ``teacher: hd2s:CKPT``."""
+    if cfg.model == "tinyhd":
+        return {"format": "tinyhd", "config": dict(model.config), "model": model.state_dict()}
+    from tinyhd.teacher import official_state_dict
 
-    ``teacher`` overrides ``cfg.teacher`` with any callable of the teacher contract. Returns the trained
-    model (final weights), the history (the JSON-lines log) and the checkpoint paths.
+    config = {k: v for k, v in getattr(model, "config", {}).items() if k != "pretrained_backbone"}
+    return {"format": "hd2s", "variant": type(model).__name__, "config": config,
+            "model": official_state_dict(model), "step": int(state["step"]), "val_kl": float(state["best"])}
+
+
+def _resume_model(cfg: TrainConfig, ckpt: Mapping[str, Any], path: Path, model: nn.Module | None) -> nn.Module:
+    """The model of ``last.pt`` (weights loaded strictly into ``model`` when one is given)."""
+    if cfg.model == "tinyhd" and model is None:
+        return load_model(path)
+    model = model if model is not None else build_model(cfg)
+    sd = ckpt["model"]
+    if cfg.model in HD2S_MODELS:
+        from tinyhd.teacher import official_key_to_ours
+
+        sd = {official_key_to_ours(k): v for k, v in sd.items()}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit the model being trained ({exc})") from exc
+    return model
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None = None,
+          model: nn.Module | None = None) -> TrainResult:
+    """Train (or distil) TinyHD — or train HD2S (``cfg.model``) — per ``cfg`` into ``out_dir``; resume from
+    ``out_dir/last.pt`` if present.
+
+    ``teacher`` overrides ``cfg.teacher`` with any callable of the teacher contract. ``model`` trains that module
+    (in place) instead of a fresh :func:`build_model` (on resume, the checkpoint's weights are loaded into it).
+    Returns the trained model (final weights), the history (the JSON-lines log) and the checkpoint paths.
     """
     cfg = dataclasses.replace(cfg).validate()
     out_dir = Path(out_dir)
@@ -544,7 +919,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
         for stale in out_dir.glob(".*.pt.*.tmp"):  # a temp file left by a kill mid-write (never a checkpoint)
             stale.unlink(missing_ok=True)
 
-    train_ds, aux_ds, val_ds = build_datasets(cfg)
+    data = build_data(cfg)
 
     # -- resume state, model, optimizer ------------------------------------------------------------------
     ckpt = None
@@ -556,14 +931,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
         saved = ckpt.get("train_config", {})
         changed = sorted(k for k, v in asdict(cfg).items()
                          if k not in RESUMABLE_CHANGES and k in saved and _norm(saved[k]) != _norm(v))
+        if saved.get("model", "tinyhd") != cfg.model and "model" not in changed:
+            changed.append("model")
         if changed:
             raise UserError(f"{last_path}: was trained with a different config ({', '.join(changed)} differ); "
                             f"use a new --out folder or the same config")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     if ckpt is not None:
-        model = load_model(last_path)  # weights (strict); the training state is restored below
-    else:
+        model = _resume_model(cfg, ckpt, last_path, model)  # weights (strict); the training state is restored below
+    elif model is None:
         model = build_model(cfg)
     model.to(device).train()
     teacher = teacher if teacher is not None else build_teacher(cfg, device)
@@ -584,14 +961,15 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
         with atomic_open(log_path, "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
     ddp_model: nn.Module = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if world > 1:  # DSL: the other sources' parameters take no part in a mini-batch
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                        find_unused_parameters=cfg.model == "hd2s_dsl")
 
     def save(path: Path) -> None:
         if not is_main:
             return
         atomic_torch_save({
-            "format": "tinyhd", "config": dict(model.config), "model": model.state_dict(),
+            **_checkpoint_payload(model, cfg, state),
             "train_config": asdict(cfg), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": _rng_state(), "state": dict(state),
         }, path)
@@ -602,12 +980,35 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
 
+    def run_validation(epoch: int, done: bool) -> None:
+        """Validate (rank 0), log the row, keep ``best.pt`` on the lowest ``val_loss``. DSL: every source with
+        its own domain; ``val_loss`` is their mean and ``<source>/<metric>`` the per-source values."""
+        _sync_buffers(model, world)
+        metrics_row: dict[str, float] = {}
+        if is_main:
+            per = [(name, validate(model, ds, cfg, device, domain=name)) for name, ds in data.val]
+            if len(per) == 1:
+                metrics_row = per[0][1]
+            else:
+                metrics_row = {"val_loss": float(np.mean([m["val_loss"] for _, m in per]))}
+                metrics_row.update({f"{name}/{k}": v for name, m in per for k, v in m.items()})
+        log({"kind": "val", "epoch": epoch, "step": state["step"], **metrics_row})
+        state["finished"] = done
+        if is_main and metrics_row.get("val_loss", math.inf) < state["best"]:
+            state["best"] = metrics_row["val_loss"]
+            save(best_path)
+
     # -- data (first: a wrong path fails before anything is built or downloaded) -----------------------------
-    n_target = len(train_ds)  # type: ignore[arg-type]
-    n_aux = len(aux_ds) if aux_ds is not None else 0  # type: ignore[arg-type]
-    aux_per_epoch = round(cfg.aux_per_target * n_target) if n_aux else 0
-    n_batches = len(shard_batches(n_target + aux_per_epoch, cfg.batch_size, rank, world))
-    total = cfg.epochs * n_batches if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * n_batches)
+    A = cfg.accumulation
+    if cfg.model == "tinyhd":
+        n_target = len(data.train[0][1])  # type: ignore[arg-type]
+        n_aux = len(data.aux) if data.aux is not None else 0  # type: ignore[arg-type]
+        aux_per_epoch = round(cfg.aux_per_target * n_target) if n_aux else 0
+        n_batches = len(shard_batches(n_target + aux_per_epoch, cfg.batch_size, rank, world))
+    else:
+        n_batches = minibatches_per_epoch(cfg, data)
+    steps_per_epoch = math.ceil(n_batches / A)
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
 
     from tqdm import tqdm
 
@@ -617,57 +1018,66 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
         epoch = state["epoch"]
         if epoch >= cfg.epochs or (cfg.max_steps and state["step"] >= cfg.max_steps):
             break  # done (also when resuming a finished run: nothing to redo)
-        # the epoch's clips: a pure function of (seed, epoch); skip the batches done before a resume
-        _set_epoch(train_ds, epoch)
-        _set_epoch(aux_ds, epoch)
-        plan = epoch_plan(n_target, n_aux, aux_per_epoch, cfg.seed, epoch)
-        batches = shard_batches(len(plan), cfg.batch_size, rank, world)[state["step_in_epoch"]:]
-        loader = DataLoader(_EpochClips(train_ds, aux_ds, plan), batch_sampler=batches, collate_fn=collate,
+        # the epoch's mini-batches: a pure function of (seed, epoch); skip the steps done before a resume
+        if cfg.model == "tinyhd":
+            _set_epoch(data.train[0][1], epoch)
+            _set_epoch(data.aux, epoch)
+            plan = epoch_plan(n_target, n_aux, aux_per_epoch, cfg.seed, epoch)
+            epoch_ds: Dataset = _EpochClips(data.train[0][1], data.aux, plan)
+            batches = shard_batches(len(plan), cfg.batch_size, rank, world)
+        else:
+            epoch_ds, batches = hd2s_epoch(cfg, data, epoch, rank, world)
+        batches = batches[state["step_in_epoch"] * A:]
+        loader = DataLoader(epoch_ds, batch_sampler=batches, collate_fn=collate,
                             num_workers=cfg.num_workers,  # own generator: the global RNG is left untouched
                             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         stopped = False
-        for batch in loader:
-            clip = batch["clip"].to(device, non_blocking=True)          # B×3×T×H×W
-            with torch.autocast(device.type, enabled=use_amp):
-                out = ddp_model(clip)                                   # saliency B×T'×H×W, d1 B×4×H×W
-            teacher_maps, mask = None, None
-            if teacher is not None and cfg.distill_on != "none":
-                with torch.no_grad():
-                    teacher_maps = teacher(batch)                       # final B×T'×H×W, conspicuity B×4×T'×H×W
-                is_target = torch.tensor([s == "target" for s in batch["source"]])
-                mask = is_target if cfg.distill_on == "target" else torch.ones_like(is_target)
-            terms = distillation_loss(out, batch, teacher_maps, mask)   # Eq. 2 / Eq. 3
-            optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(loader):
+            # an optimiser step sums the losses of `accumulation` mini-batches (HD2S sheet §8: "pile")
+            if i % A == 0:
+                optimizer.zero_grad(set_to_none=True)  # None, not 0: Adam leaves such parameters untouched (DSL)
+                sums = {}
+            progress = (state["step"] * A + i % A) / (total * A)  # DA: p = mini-batch counter / (steps × pile)
+            terms = step_loss(cfg, ddp_model, batch, device, use_amp, teacher, progress)
             scaler.scale(terms["total"]).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if (i + 1) % A and i + 1 < len(batches):
+                continue
             scaler.step(optimizer)
             scaler.update()
             state["step"] += 1
             state["step_in_epoch"] += 1
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
-                row = {"kind": "train", "epoch": epoch, "step": state["step"],
-                       "lr": optimizer.param_groups[-1]["lr"], **{k: float(v.detach()) for k, v in terms.items()}}
+                n = i % A + 1  # losses are summed over the step's mini-batches; λ and accuracy are averaged
+                row = {"kind": "train", "epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[0]["lr"]
+                       if cfg.model != "tinyhd" else optimizer.param_groups[-1]["lr"],
+                       **{k: v / n if k in ("lambda", "domain_acc") else v for k, v in sums.items()}}
+                if cfg.model == "hd2s_dsl":
+                    row["source"] = batch["source"][0] if A == 1 else "mixed"
                 log(row)
                 bar.set_postfix(loss=f"{row['total']:.3f}")
+            validated = bool(cfg.val_every) and state["step"] % cfg.val_every == 0
+            if validated:  # every val_every steps (HD2S sheet §8: every 100)
+                run_validation(epoch, done=False)
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 stopped = True
                 break
-            if state["step"] % cfg.checkpoint_every == 0:
+            if validated or state["step"] % cfg.checkpoint_every == 0:
                 _sync_buffers(model, world)
                 save(last_path)
         if not stopped:  # end of epoch: next epoch, lr schedule
             state["epoch"] += 1
             state["step_in_epoch"] = 0
             scheduler.step()
-        # validation (every epoch, and where max_steps stops the run)
-        _sync_buffers(model, world)
-        metrics_row = validate(model, val_ds, cfg, device) if is_main else {}
         done = stopped or state["epoch"] >= cfg.epochs
-        log({"kind": "val", "epoch": epoch, "step": state["step"], **metrics_row})
+        # validation: every epoch (val_every null), and where the run ends when val_every is set
+        if cfg.val_every is None or (cfg.val_every and done and state["step"] % cfg.val_every):
+            run_validation(epoch, done)
         state["finished"] = done
-        if is_main and metrics_row.get("val_loss", math.inf) < state["best"]:
-            state["best"] = metrics_row["val_loss"]
-            save(best_path)
+        _sync_buffers(model, world)
         if cfg.reload_best_at_milestones and not stopped and state["epoch"] in cfg.milestones:
             if world > 1:
                 dist.barrier()  # rank 0 has finished writing best.pt
