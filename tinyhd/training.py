@@ -1133,10 +1133,13 @@ def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, 
 
 def config_key(cfg: TrainConfig) -> str:
     """A short hash of everything in ``cfg`` that changes what a run computes (not ``RESUMABLE_CHANGES``).
-    Notebooks name run folders with it, so two notebooks asking for the same run share it."""
+    Notebooks name run folders with it, so two notebooks asking for the same run share it. Fields added after
+    the first notebooks (the HD2S knobs) count only when they differ from their defaults, so TinyHD configs keep
+    the keys they had (and their run folders)."""
     import hashlib
 
-    values = {k: _norm(v) for k, v in sorted(asdict(cfg).items()) if k not in RESUMABLE_CHANGES}
+    values = {k: _norm(v) for k, v in sorted(asdict(cfg).items())
+              if k not in _KEY_EXCLUDED and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
