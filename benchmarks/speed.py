@@ -6,8 +6,10 @@
 
 A MISO model (S) makes one map per forward, a MIMO model (M) 16 (paper §3.2.1), so maps/s = batch ×
 maps per forward / seconds per forward. Paths: ``plain`` = ``TinyHD`` in eval mode; ``fold`` = BatchNorm
-folded into the convs; ``fast`` = ``tinyhd.fast.optimize_for_inference`` (BN folded, oneDNN fused
-conv+ReLU6 on channels-last activations, channels-last pixel shuffle); ``compile`` (opt-in) =
+folded into the convs; ``onednn`` = ``tinyhd.fast.optimize_for_inference(model, cpu_kernels=False)`` (BN
+folded, oneDNN fused conv+ReLU6 on channels-last activations, channels-last pixel shuffle); ``fast`` = the
+default ``optimize_for_inference(model)``: the same plus tinyhd's fused C++ kernels on CPU (narrow decoder
+IRBs in one pass, pixel shuffle + Up_t + skip add in one pass; built once, ~30 s); ``compile`` (opt-in) =
 ``torch.compile`` of the fast path. Every path runs after ``tinyhd.fast.keep_freed_memory()`` (glibc keeps
 freed activation memory instead of re-faulting it each forward) unless ``--default-malloc``. Timing: one warm-up, then ``--rounds`` rounds in which every path runs
 ``--reps`` forwards in turn (interleaved, so that load from other processes hits all paths alike); each
@@ -46,12 +48,14 @@ def _paths(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Modul
             out[name] = model
         elif name == "fold":
             out[name] = optimize_for_inference(model, channels_last=False)
+        elif name == "onednn":
+            out[name] = optimize_for_inference(model, cpu_kernels=False)
         elif name == "fast":
             out[name] = optimize_for_inference(model)
         elif name == "compile":
             out[name] = torch.compile(optimize_for_inference(model), dynamic=False)
         else:
-            raise SystemExit(f"unknown path {name!r}; choose from plain, fold, fast, compile")
+            raise SystemExit(f"unknown path {name!r}; choose from plain, fold, onednn, fast, compile")
     return out
 
 
@@ -77,7 +81,7 @@ def time_paths(fns: dict[str, Callable[[], object]], device: torch.device, round
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--paths", nargs="+", default=["plain", "fold", "fast"])
+    p.add_argument("--paths", nargs="+", default=["plain", "fold", "onednn", "fast"])
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 1 on CPU, 1 8 32 on CUDA)")

@@ -16,6 +16,13 @@ function the network computes unchanged up to float rounding:
    Up_t (2× linear interpolation in time, ``align_corners=True``) becomes one small matrix product over
    the frames (:class:`TemporalUpsample2x`), Up_s a frame-wise channels-last bilinear interpolation
    (:class:`SpatialUpsample2x`).
+4. **Fused C++ kernels** (:mod:`tinyhd.kernels`, ``tinyhd/csrc/cpu_kernels.cpp``, built once per machine),
+   where the decoders are memory-bound: a narrow IRB (≤ 64 hidden channels) runs as one pass (expand,
+   depthwise and project over L2-sized bands of rows, the hidden tensor never written to memory:
+   :class:`FusedIRB`), and each "pixel shuffle → Up_t → + skip" of D2/D3 is one pass (:func:`up_add`)
+   instead of a copy, a matmul and an add. Same arithmetic, different summation order (≤ 1e-5,
+   ``tests/test_kernels.py``). ``optimize_for_inference(cpu_kernels=False)`` or ``TINYHD_CPU_KERNELS=0`` keeps
+   steps 1–3 only.
 
 Measured with ``benchmarks/speed.py`` on a shared 2-core AMD EPYC (torch 2.14.1, 2 threads, 1×3×16×192×256,
 min of 5 interleaved rounds; other jobs were running, so ±30 %): TinyHD-M ×1 584 → 221 ms per forward
@@ -31,6 +38,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +47,7 @@ from torch import nn
 
 from tinyhd.errors import UserError
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "ChannelsLastPixelShuffle3d",
+__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "FusedIRB", "up_add", "ChannelsLastPixelShuffle3d",
            "pixel_shuffle_frames_cl"]
 
 _CL = torch.channels_last_3d
@@ -303,6 +312,134 @@ def keep_freed_memory() -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# 4. fused C++ kernels (tinyhd/csrc/cpu_kernels.cpp, built by tinyhd.kernels)
+# --------------------------------------------------------------------------------------------------
+# A fused IRB keeps its hidden frames in a ring of kt planar frames; beyond a few MiB per frame the ring no
+# longer stays in cache and oneDNN's three passes are faster (measured: 56 hidden channels at 96×128, 5 MiB per
+# frame: fused 1.2× faster; 48 hidden channels at 192×256, 13 MiB: fused 1.6× slower).
+_RING_FRAME_BYTES = 8 << 20
+# The kernel's 1×1 convs are plain broadcast-FMA loops: fine for the decoders' narrow IRBs, far slower than
+# oneDNN's GEMMs for the wide low-resolution ones (D2's first IRB expands 520 → 1040 channels).
+_MAX_FUSED_HIDDEN = 64
+
+
+def _kernel_input_ok(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+
+
+class FusedIRB(nn.Module):
+    """A decoder IRB (BN folded) run by the fused C++ kernel ``fused_irb``: expand + depthwise + project in one
+    pass, the hidden activations never written to memory. Falls back to its three :class:`FusedConv3d` for
+    inputs the kernel does not take (non-CPU, non-float32, too large for the ring to stay in cache)."""
+
+    def __init__(self, expand: FusedConv3d, depthwise: FusedConv3d, project: FusedConv3d, kernels) -> None:
+        super().__init__()
+        self.expand, self.depthwise, self.project = expand, depthwise, project
+        self.kernels = kernels
+        for conv in (expand, depthwise, project):
+            if conv.bias is None:  # fold_batchnorm gives every conv a bias; build one if it was not folded
+                conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0]), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ring_frame = self.depthwise.weight.shape[0] * (h + 2) * (w + 96) * 4
+        if (self.kernels is None or not _kernel_input_ok(x) or ring_frame > _RING_FRAME_BYTES
+                or self.depthwise.weight.shape[0] > _MAX_FUSED_HIDDEN):
+            return self.project(self.depthwise(self.expand(x)))
+        e, d, p = self.expand, self.depthwise, self.project
+        return self.kernels.fused_irb(x.contiguous(memory_format=_CL), e.weight, e.bias, d.weight, d.bias,
+                                      p.weight, p.bias)
+
+
+@functools.lru_cache(maxsize=64)
+def _time_map(t: int, temporal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(i0, i1, lam) per output frame: Up_t's two source frames and weight (from the same matrix as
+    :class:`TemporalUpsample2x`), or the identity map when ``temporal`` is False. Cached (read-only tensors)."""
+    if not temporal:
+        idx = torch.arange(t)
+        return idx, idx, torch.zeros(t)
+    a = _linear_interpolation_matrix(t, 2 * t, torch.float64, torch.device("cpu"))
+    i0 = torch.tensor([int(row.nonzero()[0]) for row in a])
+    i1 = torch.tensor([int(row.nonzero()[-1]) for row in a])
+    lam = torch.tensor([float(a[k, i1[k]]) if i1[k] != i0[k] else 0.0 for k in range(2 * t)])
+    return i0, i1, lam
+
+
+def up_add(up: nn.Module, x: torch.Tensor, add: torch.Tensor | None = None, kernels=None) -> torch.Tensor:
+    """``up(x) + add`` (or ``up(x)``) for a decoder upsampling ``up`` (tinyhd.decoders' ``_up``: pixel shuffle,
+    then Up_t in multi-output decoders). With the kernels and a shuffle-based ``up`` this is one pass
+    (``shuffle_up_add``) instead of a copy, a matmul and an add."""
+    mods = list(up) if isinstance(up, nn.Sequential) else [up]
+    fusable = (kernels is not None and _kernel_input_ok(x) and isinstance(mods[0], ChannelsLastPixelShuffle3d)
+               and mods[0].factor == 2 and (len(mods) == 1 or (len(mods) == 2 and isinstance(mods[1], TemporalUpsample2x)))
+               and (add is None or (_kernel_input_ok(add) and add.is_contiguous(memory_format=_CL))))
+    if not fusable:
+        y = up(x)
+        return y if add is None else y + add
+    i0, i1, lam = _time_map(x.shape[2], temporal=len(mods) == 2)
+    return kernels.shuffle_up_add(x.contiguous(memory_format=_CL), i0, i1, lam, add)
+
+
+class _FastD2(nn.Module):
+    """``tinyhd.decoders.D2.forward`` with :func:`up_add` for each upsampling + skip connection."""
+
+    def __init__(self, dec: nn.Module, kernels) -> None:
+        super().__init__()
+        self.blocks, self.ups, self.kernels = dec.blocks, dec.ups, kernels
+        self.kind, self.n_maps, self.single = dec.kind, dec.n_maps, dec.single
+
+    def forward(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+        b0, b1, b2, b3 = blocks
+        a, k = self.blocks, self.kernels
+        u = up_add(self.ups[0], a[0](b3), b2, k)
+        u = up_add(self.ups[1], a[1](u), a[2](b1), k)
+        u = up_add(self.ups[2], a[3](u), a[5](a[4](b0)), k)
+        u = up_add(self.ups[3], a[6](u), None, k)
+        return torch.sigmoid(a[7](u))
+
+
+class _FastD3(nn.Module):
+    """``tinyhd.decoders.D3.forward`` with :func:`up_add` for each upsampling + aggregation."""
+
+    def __init__(self, dec: nn.Module, kernels) -> None:
+        super().__init__()
+        self.blocks, self.kernels = dec.blocks, kernels
+        self.level1_up, self.level2_up, self.level3_up, self.level4_up = (dec.level1_up, dec.level2_up,
+                                                                          dec.level3_up, dec.level4_up)
+        self.kind, self.n_maps, self.single = dec.kind, dec.n_maps, dec.single
+
+    def forward(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+        a, k = self.blocks, self.kernels
+        x = [up_add(self.level1_up[0], blocks[0], None, k)]
+        x += [up_add(self.level1_up[i], blocks[i], a[i - 1](blocks[i - 1]), k) for i in (1, 2, 3)]
+        y = [up_add(self.level2_up[j], a[3 + j](x[j + 1]), a[6 + j](x[j]), k) for j in range(3)]
+        z = [up_add(self.level3_up[j], y[j + 1], a[9 + j](y[j]), k) for j in range(2)]
+        w = up_add(self.level4_up, z[1], a[11](z[0]), k)
+        return torch.sigmoid(a[12](w))
+
+
+def _use_kernels(model: nn.Module, kernels) -> None:
+    """IRBs with a stride-1 depthwise conv → :class:`FusedIRB`; D2/D3 → forwards with fused upsampling + add.
+    Runs after :func:`_swap_modules` (convs are FusedConv3d, upsamplings channels-last modules)."""
+    from tinyhd.decoders import D2, D3, IRB
+
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, IRB):
+                expand, depthwise, project = child.conv[0][0], child.conv[1][0], child.conv[2]
+                if all(isinstance(c, FusedConv3d) for c in (expand, depthwise, project)) and \
+                        depthwise.stride == [1, 1, 1] and expand.relu6 and depthwise.relu6 and not project.relu6 \
+                        and depthwise.weight.shape[2] in (1, 3):
+                    parent._modules[name] = FusedIRB(expand, depthwise, project, kernels)
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is D2 and type(child).forward is D2.forward:
+                parent._modules[name] = _FastD2(child, kernels)
+            elif type(child) is D3 and type(child).forward is D3.forward:
+                parent._modules[name] = _FastD3(child, kernels)
+
+
+# --------------------------------------------------------------------------------------------------
 # the optimised model
 # --------------------------------------------------------------------------------------------------
 class FastTinyHD(nn.Module):
@@ -325,12 +462,16 @@ class FastTinyHD(nn.Module):
         return type(out)(**fields)
 
 
-def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
+def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last: bool = True,
+                           cpu_kernels: bool | str = "auto") -> nn.Module:
     """A frozen, faster copy of a TinyHD for inference (``model`` itself is not modified).
 
     ``fold_bn``: fold BatchNorm into convs. ``channels_last``: channels-last activations, pointwise convs as
-    GEMMs, channels-last pixel shuffle. Outputs agree with ``model.eval()`` within 1e-5
-    (``tests/test_fast.py``). See the module docstring for why each step is exact.
+    GEMMs, channels-last pixel shuffle. ``cpu_kernels``: also use the fused C++ kernels of
+    :mod:`tinyhd.kernels` (IRBs in one pass, pixel shuffle + Up_t + skip add in one pass) on CPU float32
+    inputs — "auto" (default): when they build on this machine (else the oneDNN path, with a warning);
+    True: required (raises if they cannot be built); False: never. Outputs agree with ``model.eval()`` within
+    1e-5 (``tests/test_fast.py``, ``tests/test_kernels.py``). See the module docstring for why each step is exact.
     """
     from tinyhd.model import TinyHD
 
@@ -341,7 +482,17 @@ def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last
         p.requires_grad_(False)
     if fold_bn:
         fold_batchnorm(fast)
+    if cpu_kernels not in (True, False, "auto"):
+        raise UserError(f"cpu_kernels must be True, False or 'auto', got {cpu_kernels!r}")
     if channels_last:
         _swap_modules(fast)
+        if cpu_kernels and fold_bn:
+            from tinyhd.kernels import cpu_kernels as load_kernels, unavailable_reason
+
+            kernels = load_kernels()
+            if kernels is None and cpu_kernels is True:
+                raise UserError(f"optimize_for_inference(cpu_kernels=True): {unavailable_reason()}")
+            if kernels is not None:
+                _use_kernels(fast, kernels)
         return FastTinyHD(fast).eval()
     return fast

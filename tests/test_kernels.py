@@ -1,0 +1,116 @@
+"""The fused C++ CPU kernels (tinyhd/csrc/cpu_kernels.cpp) compute what the modules they replace compute."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyhd.fast import TemporalUpsample2x, _time_map, optimize_for_inference, pixel_shuffle_frames_cl
+
+CL = torch.channels_last_3d
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    from tinyhd.kernels import cpu_kernels, unavailable_reason
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine: tinyhd.fast keeps the oneDNN path")
+    module = cpu_kernels()
+    assert module is not None, f"a C++ compiler is present but the kernels did not build: {unavailable_reason()}"
+    return module
+
+
+def _irb_reference(x, we, be, wd, bd, wp, bp):
+    kt = wd.shape[2]
+    h = F.conv3d(x, we, be).clamp(0, 6)
+    g = F.conv3d(h, wd, bd, padding=(kt // 2, 1, 1), groups=wd.shape[0]).clamp(0, 6)
+    return F.conv3d(g, wp, bp)
+
+
+@pytest.mark.parametrize("cin, hidden, cout, t, h, w, kt, batch", [
+    (7, 14, 1, 16, 24, 40, 3, 1),     # W not a multiple of the 64-pixel block
+    (2, 4, 2, 5, 33, 70, 3, 2),       # odd sizes, batch of two, rows not a multiple of the band
+    (28, 56, 6, 3, 8, 130, 3, 1),     # a band taller than the image, W just above two blocks
+    (5, 10, 3, 1, 6, 9, 3, 1),        # T=1: both temporal neighbours are padding
+    (6, 12, 4, 4, 10, 20, 1, 1),      # kt=1 (the S model's T1 code)
+])
+def test_fused_irb_matches_three_convolutions(kernels, cin, hidden, cout, t, h, w, kt, batch):
+    g = torch.Generator().manual_seed(cin * 100 + t)
+    x = (4 * torch.randn(batch, cin, t, h, w, generator=g)).contiguous(memory_format=CL)
+    we, be = torch.randn(hidden, cin, 1, 1, 1, generator=g) * 0.5, torch.randn(hidden, generator=g)
+    wd, bd = torch.randn(hidden, 1, kt, 3, 3, generator=g) * 0.5, torch.randn(hidden, generator=g)
+    wp, bp = torch.randn(cout, hidden, 1, 1, 1, generator=g) * 0.5, torch.randn(cout, generator=g)
+    out = kernels.fused_irb(x, we, be, wd, bd, wp, bp)
+    ref = _irb_reference(x.contiguous(), we, be, wd, bd, wp, bp)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # both clamps are active on this data (so the ReLU6 of each stage is exercised)
+    assert (F.conv3d(x, we, be) > 6).any() and (F.conv3d(x, we, be) < 0).any()
+
+
+def test_fused_irb_rejects_bad_input(kernels):
+    x = torch.randn(1, 4, 3, 8, 8)  # contiguous, not channels-last
+    args = (torch.randn(8, 4, 1, 1, 1), torch.randn(8), torch.randn(8, 1, 3, 3, 3), torch.randn(8),
+            torch.randn(2, 8, 1, 1, 1), torch.randn(2))
+    with pytest.raises(RuntimeError, match="channels-last"):
+        kernels.fused_irb(x, *args)
+    with pytest.raises(RuntimeError, match="IRB"):
+        kernels.fused_irb(x.contiguous(memory_format=CL), args[0], args[1], torch.randn(8, 1, 2, 3, 3), *args[3:])
+
+
+@pytest.mark.parametrize("temporal, with_add, t", [(True, True, 8), (True, False, 3), (False, True, 4), (False, False, 1)])
+def test_shuffle_up_add_matches_shuffle_upsample_add(kernels, temporal, with_add, t):
+    g = torch.Generator().manual_seed(t)
+    a = torch.randn(2, 12, t, 5, 7, generator=g).contiguous(memory_format=CL)
+    y = pixel_shuffle_frames_cl(a)
+    if temporal:
+        y = TemporalUpsample2x()(y)
+    add = torch.randn(y.shape, generator=g).contiguous(memory_format=CL) if with_add else None
+    ref = y + add if with_add else y
+    i0, i1, lam = _time_map(t, temporal)
+    out = kernels.shuffle_up_add(a, i0, i1, lam, add)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_time_map_is_nn_upsample():
+    x = torch.arange(5.0).view(1, 1, 5, 1, 1)
+    up = F.interpolate(x, scale_factor=(2, 1, 1), mode="trilinear", align_corners=True).flatten()
+    i0, i1, lam = _time_map(5, True)
+    torch.testing.assert_close((1 - lam) * i0.float() + lam * i1.float(), up)
+
+
+@pytest.mark.parametrize("output, reduction, decoders", [("multi", 1, ("d1", "d2", "d3")), ("single", 1, ("d1", "d2", "d3")),
+                                                         ("multi", 2, ("d1", "d2", "d3")), ("multi", 1, ("d3", "d3"))])
+def test_model_with_kernels_matches_plain(kernels, output, reduction, decoders):
+    from test_fast import _assert_same_outputs, _randomise_bn  # tests/ is on sys.path (rootdir conftest)
+    from tinyhd.fast import FusedIRB, _FastD2, _FastD3
+    from tinyhd.model import TinyHD
+
+    torch.manual_seed(0)
+    model = _randomise_bn(TinyHD(output=output, reduction=reduction, decoders=decoders)).eval()
+    fast = optimize_for_inference(model, cpu_kernels=True)
+    assert any(isinstance(m, FusedIRB) for m in fast.modules())
+    assert any(isinstance(m, (_FastD2, _FastD3)) for m in fast.modules())
+    clip = torch.randn(1, 3, 16, 64, 96)
+    with torch.inference_mode():
+        _assert_same_outputs(fast(clip), model(clip))
+
+
+def test_kernels_can_be_turned_off(monkeypatch):
+    from tinyhd import kernels as k
+    from tinyhd.fast import FusedIRB
+    from tinyhd.model import TinyHD
+
+    monkeypatch.setenv("TINYHD_CPU_KERNELS", "0")
+    monkeypatch.setattr(k, "_state", {})
+    assert k.cpu_kernels() is None and "TINYHD_CPU_KERNELS" in k.unavailable_reason()
+    model = TinyHD(output="multi").eval()
+    assert not any(isinstance(m, FusedIRB) for m in optimize_for_inference(model).modules())
+    from tinyhd.errors import UserError
+
+    with pytest.raises(UserError, match="TINYHD_CPU_KERNELS"):
+        optimize_for_inference(model, cpu_kernels=True)

@@ -1,0 +1,224 @@
+// Fused CPU kernels for TinyHD's decoders (float32, channels-last 3D activations B×T×H×W×C in memory).
+// Built on first use by tinyhd/kernels.py (torch.utils.cpp_extension); tinyhd/fast.py calls them and falls back
+// to oneDNN when they are unavailable. Both compute exactly the function of the modules they replace; only the
+// order of float additions differs (tests/test_kernels.py bounds the difference).
+//
+// 1. fused_irb: one decoder IRB (tinyhd.decoders.IRB, BatchNorm folded into the conv biases)
+//      h = relu6(We·x + be)                  1×1×1 conv, Cin → Ch
+//      g = relu6(dw_{kt×3×3}(h) + bd)        depthwise, stride 1, zero padding (kt/2, 1, 1)
+//      y = Wp·g + bp                         1×1×1 conv, Ch → Cout
+//    oneDNN runs these as three passes over memory, writing and re-reading the hidden tensor (2× the input
+//    channels) twice. Here the frames are cut into bands of R rows (one task per band, over ATen's threads);
+//    a task walks through time keeping a ring of kt planar, zero-bordered hidden bands [Ch][R+2][L+W'+16]
+//    (sized to stay in L2; L = 16 so that rows are 64-byte aligned), expanding each input frame's band
+//    (+1 halo row each side) once and computing each output row from the ring in 64-pixel blocks (4
+//    independent accumulators of 16 lanes); the output is written once.
+// 2. shuffle_up_add: Up_t(PS(a)) + d in one pass: the 2× frame-wise pixel shuffle (input channel c·4 + i·2 + j
+//    → output channel c at sub-pixel (i, j), nn.PixelShuffle's order), the 2× temporal linear interpolation
+//    (given as source frames i0, i1 and weight lam per output frame; identity when i0 = i1 = t, lam = 0) and
+//    the decoders' additive skip connection d. PyTorch needs a copy, a matmul and an add for it.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));  // unaligned access
+inline v16 ld(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void st(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline v16 splat(float s) { return v16{} + s; }
+inline v16 relu6(v16 v) {
+  const v16 z = splat(0.f), six = splat(6.f);
+  v = v < z ? z : v;
+  return v > six ? six : v;
+}
+
+constexpr int64_t kBlock = 64;  // pixels per inner block (4 vectors of 16)
+constexpr int64_t kLeft = 16;   // left border of a ring row (column kLeft - 1 is the zero padding)
+
+template <int KT>
+void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64_t H, int64_t W, int64_t Ch,
+              int64_t Cout, const float* WE, const float* BE, const float* WD, const float* BD, const float* WP,
+              const float* BP) {
+  constexpr int PT = KT / 2;
+  const int64_t Wb = (W + kBlock - 1) / kBlock * kBlock, Wr = kLeft + Wb + 16;
+  // rows per band: the band's ring (KT frames × Ch planes × (R + 2) rows) stays within ~768 KiB (L2)
+  const int64_t row_bytes = KT * Ch * Wr * 4;
+  const int64_t R = std::max<int64_t>(4, std::min<int64_t>(32, (768 << 10) / row_bytes - 2));
+  const int64_t bands = (H + R - 1) / R, Rp = R + 2, plane = Rp * Wr, frame = Ch * plane;
+  at::parallel_for(0, B * bands, 1, [&](int64_t task0, int64_t task1) {
+    std::vector<float> ring_store(KT * frame + 16), in(Cin * Wb, 0.f), g(Ch * kBlock), out(Cout * Wb);
+    float* ring = ring_store.data() + ((16 - (reinterpret_cast<uintptr_t>(ring_store.data()) / 4) % 16) % 16);
+    for (int64_t task = task0; task < task1; ++task) {
+      const int64_t b = task / bands, row0 = (task % bands) * R, row1 = std::min(H, row0 + R);
+      int64_t slot_frame[KT];
+      for (int k = 0; k < KT; ++k) slot_frame[k] = -1;
+      // hidden rows row0-1 .. row1 of input frame f → ring slot f % KT (rows outside the image are zero)
+      auto expand = [&](int64_t f) {
+        float* P = ring + (f % KT) * frame;
+        for (int64_t lr = 0; lr < row1 - row0 + 2; ++lr) {
+          const int64_t r = row0 - 1 + lr;
+          if (r < 0 || r >= H) {
+            for (int64_t c = 0; c < Ch; ++c) std::fill(P + c * plane + lr * Wr, P + c * plane + (lr + 1) * Wr, 0.f);
+            continue;
+          }
+          const float* xr = X + ((b * T + f) * H + r) * W * Cin;
+          for (int64_t w = 0; w < W; ++w)
+            for (int64_t i = 0; i < Cin; ++i) in[i * Wb + w] = xr[w * Cin + i];
+          for (int64_t c = 0; c < Ch; ++c) {
+            float* row = P + c * plane + lr * Wr;
+            float* dst = row + kLeft;
+            const float* wr = WE + c * Cin;
+            const v16 bias = splat(BE[c]);
+            for (int64_t wb = 0; wb < Wb; wb += kBlock) {
+              v16 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+              for (int64_t i = 0; i < Cin; ++i) {
+                const v16 k = splat(wr[i]);
+                const float* s = in.data() + i * Wb + wb;
+                a0 += k * ld(s); a1 += k * ld(s + 16); a2 += k * ld(s + 32); a3 += k * ld(s + 48);
+              }
+              st(dst + wb, relu6(a0)); st(dst + wb + 16, relu6(a1));
+              st(dst + wb + 32, relu6(a2)); st(dst + wb + 48, relu6(a3));
+            }
+            std::fill(row, dst, 0.f);           // left padding
+            std::fill(dst + W, row + Wr, 0.f);  // right padding (and the block remainder)
+          }
+        }
+        slot_frame[f % KT] = f;
+      };
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t f = std::max<int64_t>(0, t - PT); f <= std::min<int64_t>(T - 1, t + PT); ++f)
+          if (slot_frame[f % KT] != f) expand(f);
+        for (int64_t r = row0; r < row1; ++r) {
+          const int64_t lr = r - row0;  // ring row lr + 1 holds image row r
+          for (int64_t wb = 0; wb < Wb; wb += kBlock) {
+            for (int64_t c = 0; c < Ch; ++c) {  // depthwise kt×3×3 + ReLU6
+              const v16 bias = splat(BD[c]);
+              v16 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+              for (int dt = 0; dt < KT; ++dt) {
+                const int64_t f = t + dt - PT;
+                if (f < 0 || f >= T) continue;  // temporal zero padding
+                const float* P = ring + (f % KT) * frame + c * plane + lr * Wr + kLeft - 1 + wb;
+                const float* k = WD + (c * KT + dt) * 9;
+#pragma GCC unroll 9
+                for (int j = 0; j < 9; ++j) {
+                  const float* s = P + (j / 3) * Wr + (j % 3);
+                  const v16 kv = splat(k[j]);
+                  a0 += kv * ld(s); a1 += kv * ld(s + 16); a2 += kv * ld(s + 32); a3 += kv * ld(s + 48);
+                }
+              }
+              float* gc = g.data() + c * kBlock;
+              st(gc, relu6(a0)); st(gc + 16, relu6(a1)); st(gc + 32, relu6(a2)); st(gc + 48, relu6(a3));
+            }
+            for (int64_t o = 0; o < Cout; ++o) {  // 1×1×1 projection
+              const float* wr = WP + o * Ch;
+              const v16 bias = splat(BP[o]);
+              v16 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+              for (int64_t c = 0; c < Ch; ++c) {
+                const v16 kv = splat(wr[c]);
+                const float* s = g.data() + c * kBlock;
+                a0 += kv * ld(s); a1 += kv * ld(s + 16); a2 += kv * ld(s + 32); a3 += kv * ld(s + 48);
+              }
+              float* d = out.data() + o * Wb + wb;
+              st(d, a0); st(d + 16, a1); st(d + 32, a2); st(d + 48, a3);
+            }
+          }
+          float* yr = Y + ((b * T + t) * H + r) * W * Cout;  // back to channels-last
+          for (int64_t w = 0; w < W; ++w)
+            for (int64_t o = 0; o < Cout; ++o) yr[w * Cout + o] = out[o * Wb + w];
+        }
+      }
+    }
+  });
+}
+
+void check_cl(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 5 && t.scalar_type() == torch::kFloat32 && t.device().is_cpu(), name,
+              ": expected a float32 CPU tensor B×C×T×H×W");
+  TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast3d), name, ": expected channels-last 3D memory");
+}
+
+}  // namespace
+
+torch::Tensor fused_irb(const torch::Tensor& x, const torch::Tensor& we, const torch::Tensor& be,
+                        const torch::Tensor& wd, const torch::Tensor& bd, const torch::Tensor& wp,
+                        const torch::Tensor& bp) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t Ch = we.size(0), Cout = wp.size(0), kt = wd.dim() == 5 ? wd.size(2) : 0;
+  TORCH_CHECK(we.numel() == Ch * Cin && wd.dim() == 5 && wd.size(0) == Ch && wd.size(1) == 1 && wd.size(3) == 3 &&
+                  wd.size(4) == 3 && (kt == 1 || kt == 3) && wp.numel() == Cout * Ch && be.numel() == Ch &&
+                  bd.numel() == Ch && bp.numel() == Cout,
+              "fused_irb: weight shapes do not form an IRB (1×1×1, depthwise kt×3×3 with kt 1 or 3, 1×1×1)");
+  for (const auto* w : {&we, &be, &wd, &bd, &wp, &bp}) TORCH_CHECK(w->scalar_type() == torch::kFloat32, "float32 weights");
+  auto wec = we.contiguous(), bec = be.contiguous(), wdc = wd.contiguous(), bdc = bd.contiguous(),
+       wpc = wp.contiguous(), bpc = bp.contiguous();
+  auto y = torch::empty({B, Cout, T, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  auto fn = kt == 3 ? irb_impl<3> : irb_impl<1>;
+  fn(x.data_ptr<float>(), y.data_ptr<float>(), B, Cin, T, H, W, Ch, Cout, wec.data_ptr<float>(),
+     bec.data_ptr<float>(), wdc.data_ptr<float>(), bdc.data_ptr<float>(), wpc.data_ptr<float>(),
+     bpc.data_ptr<float>());
+  return y;
+}
+
+torch::Tensor shuffle_up_add(const torch::Tensor& a, const torch::Tensor& i0, const torch::Tensor& i1,
+                             const torch::Tensor& lam, const c10::optional<torch::Tensor>& add) {
+  check_cl(a, "a");
+  const int64_t B = a.size(0), C = a.size(1), T = a.size(2), h = a.size(3), w = a.size(4);
+  TORCH_CHECK(C % 4 == 0, "shuffle_up_add: channels must be divisible by 4, got ", C);
+  TORCH_CHECK(i0.scalar_type() == torch::kInt64 && i1.scalar_type() == torch::kInt64 && i0.dim() == 1 &&
+                  i1.numel() == i0.numel() && lam.numel() == i0.numel(),
+              "shuffle_up_add: i0, i1 (int64) and lam need one entry per output frame");
+  const int64_t Co = C / 4, To = i0.numel(), H = 2 * h, W = 2 * w;
+  auto I0 = i0.contiguous(), I1 = i1.contiguous(), LA = lam.to(torch::kFloat32).contiguous();
+  const int64_t* pi0 = I0.data_ptr<int64_t>();
+  const int64_t* pi1 = I1.data_ptr<int64_t>();
+  for (int64_t t = 0; t < To; ++t)
+    TORCH_CHECK(pi0[t] >= 0 && pi0[t] < T && pi1[t] >= 0 && pi1[t] < T, "shuffle_up_add: frame index out of range");
+  auto out = torch::empty({B, Co, To, H, W}, a.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  const float* D = nullptr;
+  torch::Tensor addc;
+  if (add.has_value() && add->defined()) {
+    check_cl(*add, "add");
+    TORCH_CHECK(add->sizes() == out.sizes(), "shuffle_up_add: addend has shape ", add->sizes(), ", expected ",
+                out.sizes());
+    addc = *add;
+    D = addc.data_ptr<float>();
+  }
+  const float* A = a.data_ptr<float>();
+  const float* pl = LA.data_ptr<float>();
+  float* O = out.data_ptr<float>();
+  at::parallel_for(0, B * To * H, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {  // one output row
+      const int64_t y = r % H, t = (r / H) % To, b = r / (H * To);
+      const float l1 = pl[t], l0 = 1.0f - l1;
+      const float* s0 = A + ((b * T + pi0[t]) * h + y / 2) * w * C + (y % 2) * 2;
+      const float* s1 = A + ((b * T + pi1[t]) * h + y / 2) * w * C + (y % 2) * 2;
+      float* o = O + r * W * Co;
+      const float* d = D ? D + r * W * Co : nullptr;
+      for (int64_t xs = 0; xs < w; ++xs)
+        for (int64_t j = 0; j < 2; ++j) {
+          float* oo = o + (2 * xs + j) * Co;
+          const float* p0 = s0 + xs * C + j;
+          const float* p1 = s1 + xs * C + j;
+          if (d) {
+            const float* dd = d + (2 * xs + j) * Co;
+            for (int64_t c = 0; c < Co; ++c) oo[c] = (l0 * p0[4 * c] + l1 * p1[4 * c]) + dd[c];
+          } else {
+            for (int64_t c = 0; c < Co; ++c) oo[c] = l0 * p0[4 * c] + l1 * p1[4 * c];
+          }
+        }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("fused_irb", &fused_irb, "fused channels-last 3D inverted residual block (expand, depthwise, project)");
+  m.def("shuffle_up_add", &shuffle_up_add, "2x pixel shuffle + 2x temporal interpolation + add, channels-last");
+}

@@ -1,0 +1,91 @@
+"""Building and loading tinyhd's fused CPU kernels (``tinyhd/csrc/cpu_kernels.cpp``).
+
+:func:`cpu_kernels` compiles the C++ source once per machine with ``torch.utils.cpp_extension`` (a C++
+compiler and ninja are needed; ~30 s on a 2-core CPU) into ``cache_dir()/kernels/<key>/``, where the key covers
+the source, the torch version, the Python version and the CPU's instruction-set flags (the code is built with
+``-march=native``). Later processes load the built library in milliseconds. Where the build is impossible (no
+compiler, no ninja, a non-x86 CPU without the flags) it returns ``None`` and says why once; callers
+(:mod:`tinyhd.fast`) then keep the oneDNN path, which computes the same maps. ``TINYHD_CPU_KERNELS=0`` turns
+the kernels off.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from tinyhd.paths import cache_dir
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cpp"
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for splits rows over threads
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    """What the built library depends on: source, compiler flags, torch, Python, CPU features."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode(),
+                 sys.version.encode(), _cpu_flags().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot be used here (None when :func:`cpu_kernels` returned a module)."""
+    cpu_kernels()
+    return _state.get("reason")  # type: ignore[return-value]
+
+
+def cpu_kernels(verbose: bool = False) -> ModuleType | None:
+    """The compiled kernel module (``fused_irb``, ``shuffle_up_add``), building it on first use; None if unavailable."""
+    with _lock:
+        if "module" in _state:
+            return _state["module"]  # type: ignore[return-value]
+        module, reason = None, None
+        if os.environ.get("TINYHD_CPU_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+            reason = "turned off by TINYHD_CPU_KERNELS=0"
+        elif platform.machine().lower() not in ("x86_64", "amd64"):
+            reason = f"the kernels use x86-64 vector code; this machine is {platform.machine()}"
+        else:
+            from torch.utils import cpp_extension
+
+            key = build_key()
+            build_dir = cache_dir() / "kernels" / key
+            build_dir.mkdir(parents=True, exist_ok=True)
+            name = f"tinyhd_cpu_kernels_{key}"
+            if not list(build_dir.glob(f"{name}*.so")):
+                print(f"tinyhd: building the fused CPU kernels once (~30 s) in {build_dir}", file=sys.stderr)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "no CUDA runtime found" etc.: irrelevant for a CPU build
+                    module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
+                                                build_directory=str(build_dir), verbose=verbose)
+            except Exception as exc:  # no compiler / ninja, or a failed build: keep the oneDNN path
+                lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                first = next((ln for ln in lines if "error" in ln.lower() and ln.strip() != lines[0].strip()), lines[0])
+                reason = f"could not build {SOURCE.name} in {build_dir} ({first.strip()[:300]})"
+        if module is None and "TINYHD_CPU_KERNELS" not in reason:
+            warnings.warn(f"tinyhd: fused CPU kernels unavailable: {reason}; using oneDNN (same maps, slower)",
+                          RuntimeWarning, stacklevel=2)
+        _state["module"], _state["reason"] = module, reason
+        return module
