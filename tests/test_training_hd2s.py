@@ -62,6 +62,7 @@ def test_kind_defaults_and_tinyhd_unchanged():
     ({"model": "hd2s", "accumulation": 0}, "accumulation"),
     ({"model": "hd2s", "head_lr_mult": 0}, "head_lr_mult"),
     ({"model": "hd2s", "val_every": -1}, "val_every"),
+    ({"model": "hd2s", "reload_best_at_milestones": True}, "reload_best_at_milestones"),
     ({"model": "hd2s", "dsl_sources": [{"name": "A"}]}, "dsl_sources"),
     ({"model": "hd2s_da", "batch_size": 1}, "batch_size"),
     ({"model": "hd2s_da", "da_target_dataset": "imagenet"}, "da_target_dataset"),

@@ -27,8 +27,10 @@ Where the paper and the authors' code disagree we follow the code (the sheet) an
 * **Post-smoothing.** The paper says Gaussian σ = 5; the code blurs with σ = 7 at 128×192 (base/DA) or learns σ
   (DSL, initial 5). As a teacher HD2S is used unsmoothed (sheet §12), so no filter lives in the model here.
 * **Training recipe.** Paper: batch 8 × 25 accumulated, 2,500 steps; base script: 16 × 25, 5,000 steps. Both are
-  arguments of :func:`train_hd2s`. The DA script's saliency loss is the final map only, the paper's Eq. 1 is
-  multi-level; :class:`HD2S_DA` returns all maps so either can be used.
+  settings of the one trainer (``tinyhd train`` with ``model: hd2s``, :mod:`tinyhd.training`; the packaged
+  ``hd2s_dhf1k.yaml`` follows the paper) and arguments of :func:`train_hd2s`, a thin wrapper over it. The DA
+  script's saliency loss is the final map only, the paper's Eq. 1 is multi-level; :class:`HD2S_DA` returns all
+  maps so either can be used (``da_multilevel``; the packaged ``hd2s_da.yaml`` follows the script).
 * **DSL quantisation** cuts the gradient to the per-domain fusion in the authors' code (sheet §11); we use a
   straight-through quantisation so that every domain-specific parameter is trained (tested).
 """

@@ -317,6 +317,8 @@ def ensure_reduced_hd2s(data_root: str | os.PathLike | None = None, size: Sequen
     lr 1e-3 and no multiplier, for thousands of steps from Kinetics weights; weight decay 2e-7, the multi-level KL of HD2S Eq. 5) at ``size``; no Kinetics
     initialisation (offline). ``None`` means the synthetic DHF1K-layout set. Keyed by the arguments under
     ``cache_dir()/teachers/`` and created atomically (two racing processes: the loser uses the winner's).
+    Trained by :func:`tinyhd.teacher.train_hd2s`, i.e. the one trainer (:func:`tinyhd.training.train`,
+    ``model: hd2s``); moving it there left the weights bit-identical, so ``REDUCED_VERSION`` stayed.
     """
     from tinyhd.synth import ensure_synthetic
     from tinyhd.teacher import HD2S, save_hd2s, train_hd2s

@@ -19,6 +19,16 @@ Read top to bottom:
 6. :func:`train_chain` — several stages in one config (the ×1 → ×½ → ×¼ teacher-assistant chain, Table 5).
 7. DDP: under ``torchrun`` each rank takes its share of every global batch; rank 0 logs and checkpoints.
 
+The same loop trains the teacher, HD2S (``model: hd2s | hd2s_da | hd2s_dsl``; HD2S paper §3–4, HD2S sheet
+§7–8, §10–11): the kind's defaults are the HD2S recipe (Adam lr 1e-3, weight decay 2e-7, no schedule,
+mini-batch 8 at 128×192; ``KIND_DEFAULTS``), ``accumulation`` sums the losses of several mini-batches per
+optimiser step (25 in the recipe), the loss is the multi-level KL on the last frame's GT (:func:`step_loss`),
+clips come from endless streams of shuffled passes over the videos (:func:`hd2s_epoch`; DA pairs every source
+mini-batch with a target-domain one, DSL cycles the sources), ``val_every`` validates every N steps, and the
+checkpoints are in :func:`tinyhd.teacher.save_hd2s`'s layout so that ``load_hd2s`` reads them. The kind-specific
+parts are small helpers (:func:`build_data`, :func:`build_model`, :func:`step_loss`, :func:`make_optimizer`,
+:func:`validate`, :func:`_checkpoint_payload`); the loop itself is shared.
+
 Where the paper and the authors' code disagree we follow the paper and say so: batch 12 (paper) instead of
 the yaml's 2. The authors' code also reloads the best checkpoint at each lr milestone
 (``reload_best_at_milestones``, off by default: the paper does not mention it).
@@ -207,6 +217,8 @@ class TrainConfig:
             raise bad("optimizer", f"model {self.model!r} is trained with Adam (HD2S sheet §8)")
         if self.reduce_factor != 1:
             raise bad("reduce_factor", "only TinyHD students are channel-reduced")
+        if self.reload_best_at_milestones:
+            raise bad("reload_best_at_milestones", "is a TinyHD option (the HD2S recipe has no lr milestones)")
         if self.model == "hd2s_da":
             if self.batch_size < 2:
                 raise bad("batch_size", "hd2s_da needs at least 2 clips per mini-batch (BatchNorm1d in the "
@@ -1000,6 +1012,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
 
     # -- data (first: a wrong path fails before anything is built or downloaded) -----------------------------
     A = cfg.accumulation
+    lr_group = -1 if cfg.model == "tinyhd" else 0  # the logged lr: TinyHD's decoder weights, HD2S's main group
     if cfg.model == "tinyhd":
         n_target = len(data.train[0][1])  # type: ignore[arg-type]
         n_aux = len(data.aux) if data.aux is not None else 0  # type: ignore[arg-type]
@@ -1052,8 +1065,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 n = i % A + 1  # losses are summed over the step's mini-batches; λ and accuracy are averaged
-                row = {"kind": "train", "epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[0]["lr"]
-                       if cfg.model != "tinyhd" else optimizer.param_groups[-1]["lr"],
+                row = {"kind": "train", "epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[lr_group]["lr"],
                        **{k: v / n if k in ("lambda", "domain_acc") else v for k, v in sums.items()}}
                 if cfg.model == "hd2s_dsl":
                     row["source"] = batch["source"][0] if A == 1 else "mixed"
