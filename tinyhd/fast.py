@@ -47,7 +47,7 @@ from torch import nn
 
 from tinyhd.errors import UserError
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "FusedIRB", "up_add", "ChannelsLastPixelShuffle3d",
+__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "FusedIRB", "up_add", "linear_fusion", "ChannelsLastPixelShuffle3d",
            "pixel_shuffle_frames_cl"]
 
 _CL = torch.channels_last_3d
@@ -442,8 +442,28 @@ def _use_kernels(model: nn.Module, kernels) -> None:
 # --------------------------------------------------------------------------------------------------
 # the optimised model
 # --------------------------------------------------------------------------------------------------
+def linear_fusion(model: nn.Module, raw: list[torch.Tensor]) -> torch.Tensor:
+    """TinyHD-M's fusion (1×1×1 conv over the concatenated maps, D1's single-frame maps repeated in time, then
+    a sigmoid) as a weighted sum of the maps: D1's contribution is computed once at T=1 and broadcast, and the
+    6×T×H×W concatenation is never built. Same arithmetic as ``model.fuse`` up to summation order."""
+    weight = model.fusion.weight.reshape(-1)  # n_maps (the fusion conv has one output channel)
+    bias = model.fusion.bias
+    acc, k = None, 0
+    for m in model._fusion_inputs(raw):                                   # each B×c×T'×H×W, T' ∈ {1, T}
+        c = m.shape[1]
+        part = (m * weight[k:k + c].view(1, c, 1, 1, 1)).sum(1) if c > 1 else m[:, 0] * weight[k]
+        acc = part if acc is None else acc + part                         # B×T×H×W (T'=1 broadcasts)
+        k += c
+    if k != weight.numel():
+        raise UserError(f"fusion expects {weight.numel()} maps, the decoders gave {k}")
+    if bias is not None:
+        acc = acc + bias
+    return torch.sigmoid(acc)
+
+
 class FastTinyHD(nn.Module):
-    """Wraps the rewritten TinyHD: channels-last input in, contiguous ``TinyHDOutput`` out."""
+    """Wraps the rewritten TinyHD: channels-last input in, contiguous ``TinyHDOutput`` out. For a MIMO model
+    the fusion is :func:`linear_fusion` (no concatenated copy of the maps)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -452,7 +472,12 @@ class FastTinyHD(nn.Module):
         self.output = getattr(model, "output", None)  # "single"/"multi", read by tinyhd.inference
 
     def forward(self, clip: torch.Tensor):
-        out = self.model(clip.contiguous(memory_format=_CL))
+        m = self.model
+        m.check_input(clip)
+        blocks = m.encoder(clip.contiguous(memory_format=_CL))
+        raw = [dec(blocks) for dec in m.decoders]
+        saliency = linear_fusion(m, raw) if m.output == "multi" else m.fuse(raw)
+        out = m.assemble(raw, saliency)
         fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
         for k, v in fields.items():
             if isinstance(v, torch.Tensor):

@@ -103,22 +103,34 @@ class TinyHD(nn.Module):
                    [m for m, d in zip(maps, self.decoders) if d.kind == "d1"]
         return maps
 
-    def forward(self, clip: torch.Tensor) -> TinyHDOutput:
-        """B×3×T×H×W ImageNet-normalised clip (H, W divisible by 32; T=16 for the released weights)."""
+    @staticmethod
+    def check_input(clip: torch.Tensor) -> None:
+        """Raise ValueError unless ``clip`` is B×3×T×H×W with H and W divisible by 32."""
         if clip.ndim != 5 or clip.shape[1] != 3:
             raise ValueError(f"TinyHD expects a B×3×T×H×W clip, got shape {tuple(clip.shape)}")
         if clip.shape[-1] % 32 or clip.shape[-2] % 32:
             raise ValueError(f"TinyHD needs H and W divisible by 32, got {tuple(clip.shape[-2:])}")
+
+    def forward(self, clip: torch.Tensor) -> TinyHDOutput:
+        """B×3×T×H×W ImageNet-normalised clip (H, W divisible by 32; T=16 for the released weights)."""
+        self.check_input(clip)
         blocks = self.encoder(clip)
         raw = [dec(blocks) for dec in self.decoders]  # each B×n×T'×H×W
+        return self.assemble(raw, self.fuse(raw))
+
+    def fuse(self, raw: list[torch.Tensor]) -> torch.Tensor:
+        """The fusion of the decoders' maps → saliency (B×1×H×W single, B×T×H×W multi)."""
         if self.output == "single":
-            fused = self.fusion(torch.cat(self._fusion_inputs(raw), dim=1).squeeze(2))  # B×n×H×W → B×1×H×W
-            saliency = torch.sigmoid(fused)
+            return torch.sigmoid(self.fusion(torch.cat(self._fusion_inputs(raw), dim=1).squeeze(2)))  # B×n×H×W → B×1×H×W
+        t = max(m.shape[2] for m in raw)
+        full = [m.expand(-1, -1, t, -1, -1) if m.shape[2] == 1 else m for m in raw]  # repeat D1 along T
+        return torch.sigmoid(self.fusion(torch.cat(self._fusion_inputs(full), dim=1))).squeeze(1)
+
+    def assemble(self, raw: list[torch.Tensor], saliency: torch.Tensor) -> TinyHDOutput:
+        """The :class:`TinyHDOutput` of the decoders' raw maps and the fused saliency."""
+        if self.output == "single":
             maps = [m.squeeze(2) for m in raw]
         else:
-            t = max(m.shape[2] for m in raw)
-            full = [m.expand(-1, -1, t, -1, -1) if m.shape[2] == 1 else m for m in raw]  # repeat D1 along T
-            saliency = torch.sigmoid(self.fusion(torch.cat(self._fusion_inputs(full), dim=1))).squeeze(1)
             maps = [m.squeeze(2) if d.kind == "d1" and d.single else (m if d.kind == "d1" else m.squeeze(1))
                     for m, d in zip(raw, self.decoders)]
         out = TinyHDOutput(saliency=saliency, maps=maps)

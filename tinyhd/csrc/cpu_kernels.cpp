@@ -41,18 +41,97 @@ inline v16 relu6(v16 v) {
 constexpr int64_t kBlock = 64;  // pixels per inner block (4 vectors of 16)
 constexpr int64_t kLeft = 16;   // left border of a ring row (column kLeft - 1 is the zero padding)
 
+// dst[o][0..64) = act(bias[o] + Σ_i Wt[o][i] · src[i][0..64)) for o < n_out (a 1×1 conv on one 64-pixel block;
+// channel i of src at src + i·sstride, channel o of dst at dst + o·dstride). Four output channels at a time so
+// that each loaded input vector feeds four FMAs.
+template <bool RELU6>
+inline void pointwise_block(const float* src, int64_t sstride, int64_t n_in, const float* Wt, const float* bias,
+                            int64_t n_out, float* dst, int64_t dstride) {
+  int64_t o = 0;
+  for (; o + 4 <= n_out; o += 4) {
+    v16 acc[4][4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      const v16 b = splat(bias[o + q]);
+      acc[q][0] = b; acc[q][1] = b; acc[q][2] = b; acc[q][3] = b;
+    }
+    for (int64_t i = 0; i < n_in; ++i) {
+      const float* s = src + i * sstride;
+      const v16 x0 = ld(s), x1 = ld(s + 16), x2 = ld(s + 32), x3 = ld(s + 48);
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        const v16 k = splat(Wt[(o + q) * n_in + i]);
+        acc[q][0] += k * x0; acc[q][1] += k * x1; acc[q][2] += k * x2; acc[q][3] += k * x3;
+      }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      float* d = dst + (o + q) * dstride;
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) st(d + 16 * v, RELU6 ? relu6(acc[q][v]) : acc[q][v]);
+    }
+  }
+  for (; o < n_out; ++o) {
+    const v16 b = splat(bias[o]);
+    v16 a0 = b, a1 = b, a2 = b, a3 = b;
+    for (int64_t i = 0; i < n_in; ++i) {
+      const float* s = src + i * sstride;
+      const v16 k = splat(Wt[o * n_in + i]);
+      a0 += k * ld(s); a1 += k * ld(s + 16); a2 += k * ld(s + 32); a3 += k * ld(s + 48);
+    }
+    float* d = dst + o * dstride;
+    st(d, RELU6 ? relu6(a0) : a0); st(d + 16, RELU6 ? relu6(a1) : a1);
+    st(d + 32, RELU6 ? relu6(a2) : a2); st(d + 48, RELU6 ? relu6(a3) : a3);
+  }
+}
+
+// Depthwise kt×3×3 + ReLU6 of NR (1 or 2) consecutive output rows of one channel on one 64-pixel block: rows[j]
+// points at ring row j (the first input row, left padding column included) of each temporal tap (nullptr =
+// padding frame). With two output rows each loaded input vector feeds up to six FMAs.
+template <int KT, int NR>
+inline void depthwise_block(const float* const* taps, int64_t Wr, const float* k, float bias, float* g,
+                            int64_t gstride) {
+  v16 acc[NR][4];
+#pragma GCC unroll 2
+  for (int n = 0; n < NR; ++n) { acc[n][0] = splat(bias); acc[n][1] = acc[n][0]; acc[n][2] = acc[n][0]; acc[n][3] = acc[n][0]; }
+  for (int dt = 0; dt < KT; ++dt) {
+    const float* P = taps[dt];
+    if (!P) continue;  // temporal zero padding
+    const float* kk = k + dt * 9;
+#pragma GCC unroll 3
+    for (int dx = 0; dx < 3; ++dx) {
+      const v16 k0 = splat(kk[dx]), k1 = splat(kk[3 + dx]), k2 = splat(kk[6 + dx]);
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        const float* s = P + dx + 16 * v;
+        const v16 r0 = ld(s), r1 = ld(s + Wr), r2 = ld(s + 2 * Wr);
+        acc[0][v] += k0 * r0 + k1 * r1 + k2 * r2;
+        if (NR == 2) {
+          const v16 r3 = ld(s + 3 * Wr);
+          acc[NR - 1][v] += k0 * r1 + k1 * r2 + k2 * r3;
+        }
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int n = 0; n < NR; ++n)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) st(g + n * gstride + 16 * v, relu6(acc[n][v]));
+}
+
 template <int KT>
 void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64_t H, int64_t W, int64_t Ch,
               int64_t Cout, const float* WE, const float* BE, const float* WD, const float* BD, const float* WP,
               const float* BP) {
   constexpr int PT = KT / 2;
   const int64_t Wb = (W + kBlock - 1) / kBlock * kBlock, Wr = kLeft + Wb + 16;
-  // rows per band: the band's ring (KT frames × Ch planes × (R + 2) rows) stays within ~768 KiB (L2)
+  // rows per band: the band's ring (KT frames × Ch planes × (R + 2) rows) within ~1.5 MiB (about an L2 of this
+  // class of CPU; 0.75 MiB made the halo rows' extra expansion cost more than it saved, 3 MiB no better)
   const int64_t row_bytes = KT * Ch * Wr * 4;
-  const int64_t R = std::max<int64_t>(4, std::min<int64_t>(32, (768 << 10) / row_bytes - 2));
+  const int64_t R = std::max<int64_t>(4, std::min<int64_t>(32, (1536 << 10) / row_bytes - 2));
   const int64_t bands = (H + R - 1) / R, Rp = R + 2, plane = Rp * Wr, frame = Ch * plane;
   at::parallel_for(0, B * bands, 1, [&](int64_t task0, int64_t task1) {
-    std::vector<float> ring_store(KT * frame + 16), in(Cin * Wb, 0.f), g(Ch * kBlock), out(Cout * Wb);
+    std::vector<float> ring_store(KT * frame + 16), in(Cin * Wb, 0.f), g(2 * Ch * kBlock), out(2 * Cout * Wb);
     float* ring = ring_store.data() + ((16 - (reinterpret_cast<uintptr_t>(ring_store.data()) / 4) % 16) % 16);
     for (int64_t task = task0; task < task1; ++task) {
       const int64_t b = task / bands, row0 = (task % bands) * R, row1 = std::min(H, row0 + R);
@@ -70,23 +149,12 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
           const float* xr = X + ((b * T + f) * H + r) * W * Cin;
           for (int64_t w = 0; w < W; ++w)
             for (int64_t i = 0; i < Cin; ++i) in[i * Wb + w] = xr[w * Cin + i];
+          for (int64_t wb = 0; wb < Wb; wb += kBlock)
+            pointwise_block<true>(in.data() + wb, Wb, Cin, WE, BE, Ch, P + lr * Wr + kLeft + wb, plane);
           for (int64_t c = 0; c < Ch; ++c) {
             float* row = P + c * plane + lr * Wr;
-            float* dst = row + kLeft;
-            const float* wr = WE + c * Cin;
-            const v16 bias = splat(BE[c]);
-            for (int64_t wb = 0; wb < Wb; wb += kBlock) {
-              v16 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
-              for (int64_t i = 0; i < Cin; ++i) {
-                const v16 k = splat(wr[i]);
-                const float* s = in.data() + i * Wb + wb;
-                a0 += k * ld(s); a1 += k * ld(s + 16); a2 += k * ld(s + 32); a3 += k * ld(s + 48);
-              }
-              st(dst + wb, relu6(a0)); st(dst + wb + 16, relu6(a1));
-              st(dst + wb + 32, relu6(a2)); st(dst + wb + 48, relu6(a3));
-            }
-            std::fill(row, dst, 0.f);           // left padding
-            std::fill(dst + W, row + Wr, 0.f);  // right padding (and the block remainder)
+            std::fill(row, row + kLeft, 0.f);           // left padding
+            std::fill(row + kLeft + W, row + Wr, 0.f);  // right padding (and the block remainder)
           }
         }
         slot_frame[f % KT] = f;
@@ -94,43 +162,29 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
       for (int64_t t = 0; t < T; ++t) {
         for (int64_t f = std::max<int64_t>(0, t - PT); f <= std::min<int64_t>(T - 1, t + PT); ++f)
           if (slot_frame[f % KT] != f) expand(f);
-        for (int64_t r = row0; r < row1; ++r) {
-          const int64_t lr = r - row0;  // ring row lr + 1 holds image row r
+        for (int64_t r = row0; r < row1; r += 2) {
+          const int64_t lr = r - row0, nr = std::min<int64_t>(2, row1 - r);  // ring row lr + 1 holds image row r
           for (int64_t wb = 0; wb < Wb; wb += kBlock) {
-            for (int64_t c = 0; c < Ch; ++c) {  // depthwise kt×3×3 + ReLU6
-              const v16 bias = splat(BD[c]);
-              v16 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+            for (int64_t c = 0; c < Ch; ++c) {  // depthwise kt×3×3 + ReLU6, nr rows
+              const float* taps[KT];
               for (int dt = 0; dt < KT; ++dt) {
                 const int64_t f = t + dt - PT;
-                if (f < 0 || f >= T) continue;  // temporal zero padding
-                const float* P = ring + (f % KT) * frame + c * plane + lr * Wr + kLeft - 1 + wb;
-                const float* k = WD + (c * KT + dt) * 9;
-#pragma GCC unroll 9
-                for (int j = 0; j < 9; ++j) {
-                  const float* s = P + (j / 3) * Wr + (j % 3);
-                  const v16 kv = splat(k[j]);
-                  a0 += kv * ld(s); a1 += kv * ld(s + 16); a2 += kv * ld(s + 32); a3 += kv * ld(s + 48);
-                }
+                taps[dt] = (f < 0 || f >= T) ? nullptr : ring + (f % KT) * frame + c * plane + lr * Wr + kLeft - 1 + wb;
               }
-              float* gc = g.data() + c * kBlock;
-              st(gc, relu6(a0)); st(gc + 16, relu6(a1)); st(gc + 32, relu6(a2)); st(gc + 48, relu6(a3));
+              if (nr == 2)
+                depthwise_block<KT, 2>(taps, Wr, WD + c * KT * 9, BD[c], g.data() + c * kBlock, Ch * kBlock);
+              else
+                depthwise_block<KT, 1>(taps, Wr, WD + c * KT * 9, BD[c], g.data() + c * kBlock, Ch * kBlock);
             }
-            for (int64_t o = 0; o < Cout; ++o) {  // 1×1×1 projection
-              const float* wr = WP + o * Ch;
-              const v16 bias = splat(BP[o]);
-              v16 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
-              for (int64_t c = 0; c < Ch; ++c) {
-                const v16 kv = splat(wr[c]);
-                const float* s = g.data() + c * kBlock;
-                a0 += kv * ld(s); a1 += kv * ld(s + 16); a2 += kv * ld(s + 32); a3 += kv * ld(s + 48);
-              }
-              float* d = out.data() + o * Wb + wb;
-              st(d, a0); st(d + 16, a1); st(d + 32, a2); st(d + 48, a3);
-            }
+            for (int64_t n = 0; n < nr; ++n)  // 1×1×1 projection
+              pointwise_block<false>(g.data() + n * Ch * kBlock, kBlock, Ch, WP, BP, Cout, out.data() + n * Cout * Wb + wb, Wb);
           }
-          float* yr = Y + ((b * T + t) * H + r) * W * Cout;  // back to channels-last
-          for (int64_t w = 0; w < W; ++w)
-            for (int64_t o = 0; o < Cout; ++o) yr[w * Cout + o] = out[o * Wb + w];
+          for (int64_t n = 0; n < nr; ++n) {  // back to channels-last
+            float* yr = Y + ((b * T + t) * H + r + n) * W * Cout;
+            const float* o_n = out.data() + n * Cout * Wb;
+            for (int64_t w = 0; w < W; ++w)
+              for (int64_t o = 0; o < Cout; ++o) yr[w * Cout + o] = o_n[o * Wb + w];
+          }
         }
       }
     }
