@@ -70,3 +70,22 @@ def test_fixture_maps_are_reproduced(fixture_outputs, name: str) -> None:
     assert err.mean() <= 0.6 * half_ulp.mean() + 1e-5
     # and ours rounded to float16 agrees with the stored map to within one f16 step
     assert (np.abs(ours.astype(np.float16).astype(np.float32) - expected32) <= 2 * half_ulp + 1e-7).all()
+
+
+def test_optimised_model_reproduces_the_fixture(fixture_outputs, official_dir: Path) -> None:
+    """``tinyhd.fast.optimize_for_inference`` (the path ``tinyhd predict`` takes: folded BN, channels-last oneDNN
+    and, where they build, the fused C++ kernels) gives the plain model's maps on the released weights."""
+    from tinyhd.fast import FusedIRB, optimize_for_inference
+    from tinyhd.kernels import cpu_kernels
+
+    model, out, ref = fixture_outputs
+    fast = optimize_for_inference(model)
+    if cpu_kernels() is not None:
+        assert any(isinstance(m, FusedIRB) for m in fast.modules())
+    clip = torch.from_numpy(np.load(official_dir / "clip0_model_input_f32.npy"))[None]
+    with torch.no_grad():
+        got = fast(clip)
+    for name in ("saliency", "d1", "d2", "d3"):
+        torch.testing.assert_close(getattr(got, name), getattr(out, name), atol=1e-5, rtol=0)
+    final = ref["final"].astype(np.float32).reshape(got.saliency.shape)
+    assert np.abs(got.saliency.numpy() - final).max() <= 2e-4 + 0.5 * np.spacing(np.float16(1.0))
