@@ -237,6 +237,27 @@ def test_dsl_cycles_sources_and_updates_only_the_active_domain(tmp_path, monkeyp
     assert row["val_loss"] == pytest.approx(sum(row[f"{d}/val_loss"] for d in domains) / 3)
 
 
+def test_synthetic_ucf_and_hollywood2_layouts_and_their_held_out_validation(tmp_path):
+    from tinyhd.data import SaliencyClipDataset, list_videos
+    from tinyhd.synth import build
+
+    roots = {k: build(tmp_path / k, k, videos=4, frames=18, size=(48, 64), seed=0, progress=False)
+             for k in ("ucf", "hollywood2")}
+    assert list_videos(roots["ucf"], "train", "ucf") == ["Diving-Side-001", "Golf-Swing-Front-002", "Kicking-Front-003"]
+    assert list_videos(roots["hollywood2"], "test", "hollywood2") == ["actioncliptest00001"]
+    assert (roots["ucf"] / "training" / "Diving-Side-001" / "maps" / "0018.png").is_file()
+    item = SaliencyClipDataset(roots["ucf"], split="train", dataset="ucf", size=(32, 64))[0]
+    assert item["saliency"].sum() > 0 and item["clip"].shape == (3, 16, 32, 64)
+    cfg = TrainConfig(model="hd2s_dsl", size=(32, 64), dsl_sources=(
+        {"name": "UCF", "root": str(roots["ucf"]), "dataset": "ucf"},
+        {"name": "Hollywood", "root": str(roots["hollywood2"]), "dataset": "hollywood2"}))
+    data = build_data(cfg.validate())
+    for (name, train_ds), (vname, val_ds) in zip(data.train, data.val):
+        # no val split in these layouts: the last training video (10 %, at least one) is held out
+        assert name == vname and val_ds.split == "train" and len(val_ds.entries) == 1
+        assert [e.id for e in train_ds.entries] + [val_ds.entries[0].id] == list_videos(train_ds.root, "train")
+
+
 # -- the train_hd2s wrapper ----------------------------------------------------------------------------------------
 
 def test_train_hd2s_wrapper_trains_one_dsl_domain(tmp_path):

@@ -303,6 +303,74 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
     return root
 
 
+# the frame-folder layouts of UCF-Sports and Hollywood2 (data_manifests/ucf_sports.yaml, hollywood2.yaml):
+# {training,testing}/<id>/{images,maps,fixation}/, ids taken from the folders, no val split
+FOLDER_KINDS = {"ucf": ("ucf_sports", "UCF-Sports", 101), "hollywood2": ("hollywood2", "Hollywood2", 202)}
+UCF_SPORTS = ("Diving-Side", "Golf-Swing-Front", "Kicking-Front", "Lifting", "Riding-Horse", "Run-Side",
+              "SkateBoarding-Front", "Swing-Bench", "Walk-Front")
+
+
+def folder_splits(videos: int) -> dict[str, int]:
+    """Train/test video counts of a synthetic UCF-Sports/Hollywood2-layout set (about 2 : 1, like UCF's 103 / 47)."""
+    if videos < 2:
+        raise UserError(f"a synthetic UCF-Sports/Hollywood2-layout set needs at least 2 videos, got {videos}")
+    n_test = max(1, round(videos / 3))
+    return {"train": videos - n_test, "test": n_test}
+
+
+def write_folder_layout(root: str | os.PathLike, kind: str = "ucf", videos: int = 12,
+                        frames: int | Sequence[int] = 48, size: tuple[int, int] = (96, 128), seed: int = 0,
+                        observers: int = 12, progress: bool = True) -> Path:
+    """Write a labelled set in the UCF-Sports (``kind="ucf"``) or Hollywood2 (``"hollywood2"``) frame-folder
+    layout — ``training/<id>/images|maps|fixation/*.png`` and ``testing/…``, as ``data_manifests/ucf_sports.yaml``
+    and ``hollywood2.yaml`` describe — with its ``manifest.yaml`` (written last). Ids look like the real ones
+    (``Diving-Side-001``; ``actioncliptrain00001``); the pictures differ from the DHF1K-layout set of the same
+    seed (another stream of :func:`generate_video`). Like the real sets there is no val split."""
+    import cv2
+    import yaml
+
+    manifest_name, title, stream = FOLDER_KINDS[kind]
+    root = Path(root)
+    counts = _frames_list(frames, videos)
+    splits = folder_splits(videos)
+    root.mkdir(parents=True, exist_ok=True)
+    it = range(1, videos + 1)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"synth {kind}", unit="video", leave=False)
+    for n in it:
+        split = "train" if n <= splits["train"] else "test"
+        k = n if split == "train" else n - splits["train"]
+        vid = (f"{UCF_SPORTS[(n - 1) % len(UCF_SPORTS)]}-{n:03d}" if kind == "ucf"
+               else f"actionclip{split}{k:05d}")
+        folder = root / ("training" if split == "train" else "testing") / vid
+        v = generate_video(seed + stream, n, counts[n - 1], size, observers)
+        for sub in ("images", "maps", "fixation"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        for t in range(len(v.frames)):
+            cv2.imwrite(str(folder / "images" / f"{t + 1:04d}.png"), cv2.cvtColor(v.frames[t], cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(folder / "maps" / f"{t + 1:04d}.png"), v.maps[t])
+            cv2.imwrite(str(folder / "fixation" / f"{t + 1:04d}.png"), v.fixations[t].astype(np.uint8) * 255)
+    manifest = {
+        "schema_version": 1,
+        "name": f"synthetic-{manifest_name}",
+        "title": f"tinyhd synthetic saliency set in the {title} layout",
+        "kind": "labeled",
+        "source": {"generator": f"tinyhd.synth (version {GENERATOR_VERSION})",
+                   "parameters": {"videos": videos, "frames": counts if len(set(counts)) > 1 else counts[0],
+                                  "size": list(size), "seed": seed, "observers": observers}},
+        "ids": "folder",
+        "layout": {"source": "{split_dir}/{id}/images", "maps": "{split_dir}/{id}/maps",
+                   "fixations": "{split_dir}/{id}/fixation"},
+        "splits": {"train": {"dir": "training", "count": splits["train"], "annotated": True},
+                   "test": {"dir": "testing", "count": splits["test"], "annotated": True}},
+        "frames": {},
+    }
+    atomic_write_text(root / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))  # written last
+    return root
+
+
 def _write_avi(path: Path, frames: np.ndarray) -> None:
     from tinyhd.video import write_video
 
@@ -352,7 +420,7 @@ def synthetic_path(kind: str = "dhf1k", videos: int | None = None, frames: int =
     from tinyhd.paths import cache_dir
 
     kind = _check_kind(kind)
-    videos = videos if videos is not None else (12 if kind == "dhf1k" else 8)
+    videos = videos if videos is not None else (8 if kind == "kinetics" else 12)
     h, w = size
     return cache_dir() / "synth" / f"{kind}_v{videos}_f{frames}_{h}x{w}_s{seed}_g{GENERATOR_VERSION}"
 
@@ -361,8 +429,9 @@ def _check_kind(kind: str) -> str:
     kind = kind.lower()
     if kind in ("kinetics400", "kinetics-400"):
         kind = "kinetics"
-    if kind not in ("dhf1k", "kinetics"):
-        raise UserError(f"synthetic dataset kind must be 'dhf1k' or 'kinetics', not {kind!r}")
+    kind = {"ucf_sports": "ucf", "ucf-sports": "ucf"}.get(kind, kind)
+    if kind not in ("dhf1k", "kinetics", *FOLDER_KINDS):
+        raise UserError(f"synthetic dataset kind must be 'dhf1k', 'kinetics', 'ucf' or 'hollywood2', not {kind!r}")
     return kind
 
 
@@ -378,7 +447,7 @@ def build(root: str | os.PathLike, kind: str = "dhf1k", videos: int | None = Non
 
     kind = _check_kind(kind)
     root = Path(root).expanduser()
-    videos = videos if videos is not None else (12 if kind == "dhf1k" else 8)
+    videos = videos if videos is not None else (8 if kind == "kinetics" else 12)
     if (root / "manifest.yaml").is_file():
         return root
     if root.exists():
@@ -387,7 +456,10 @@ def build(root: str | os.PathLike, kind: str = "dhf1k", videos: int | None = Non
         else:
             raise UserError(f"{root}: already exists and is not a synthetic dataset; choose a new folder")
     size = _check_size(size)
-    writer = write_dhf1k if kind == "dhf1k" else write_kinetics
+    writer = {"dhf1k": write_dhf1k, "kinetics": write_kinetics}.get(kind)
+    if writer is None:  # the UCF-Sports / Hollywood2 frame-folder layouts
+        kwargs["kind"] = kind
+        writer = write_folder_layout
     try:
         with atomic_directory(root) as tmp:
             writer(tmp, videos=videos, frames=frames, size=tuple(size), seed=seed, progress=progress, **kwargs)
@@ -408,6 +480,8 @@ def ensure_synthetic(kind: str = "dhf1k", videos: int | None = None, frames: int
 
     ``kind="dhf1k"``: 12 videos (train 001–008, val 009–010, test 011–012) of 48 frames at 96×128 by default.
     ``kind="kinetics"``: 8 unlabeled videos in the Kinetics-400 layout.
+    ``kind="ucf"`` / ``"hollywood2"``: 12 videos (8 training, 4 testing) in the UCF-Sports / Hollywood2
+    frame-folder layout (:func:`write_folder_layout`).
     """
     kind = _check_kind(kind)
     path = Path(root) if root is not None else synthetic_path(kind, videos, frames, size, seed)
@@ -433,12 +507,12 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
 
 
 def cli_main(argv: list[str]) -> int:
-    """``tinyhd synth ROOT [--kind dhf1k|kinetics] [--videos N] [--frames F] [--size HxW] [--seed S]``."""
+    """``tinyhd synth ROOT [--kind dhf1k|kinetics|ucf|hollywood2] [--videos N] [--frames F] [--size HxW] [--seed S]``."""
     parser = argparse.ArgumentParser(prog="tinyhd synth", description=(
         "Write a synthetic dataset: DHF1K layout (AVI videos, maps, fixations, manifest.yaml) or an unlabeled "
         "Kinetics-400 layout. Deterministic for a seed."))
     parser.add_argument("root", help="new folder to create")
-    parser.add_argument("--kind", default="dhf1k", choices=["dhf1k", "kinetics"])
+    parser.add_argument("--kind", default="dhf1k", choices=["dhf1k", "kinetics", "ucf", "hollywood2"])
     parser.add_argument("--videos", type=int, default=None, help="number of videos (default 12, kinetics 8)")
     parser.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")
     parser.add_argument("--size", default="96x128", help="frame size HxW (default 96x128)")

@@ -145,6 +145,7 @@ class TrainConfig:
     da_multilevel: bool = False           # hd2s_da saliency loss: False = final map only (authors' train_DA.py,
                                           # sheet §10); True = the paper's multi-level loss
     dsl_sources: tuple[dict, ...] | None = None  # hd2s_dsl: [{name, root, dataset, synthetic_seed}], cycled in order
+                                          # (root null: a synthetic set of that dataset layout and seed)
     # bookkeeping
     seed: int = 0
     device: str = "auto"                  # "auto" → cuda if available, else cpu
@@ -447,16 +448,26 @@ def build_data(cfg: TrainConfig) -> _Data:
     common = dict(clip_len=cfg.clip_len, size=tuple(cfg.size), output="single", seed=cfg.seed)
 
     def labelled(root: str | None, dataset: str, field: str, synthetic_seed: int = 0) -> tuple[Dataset, Dataset]:
-        path = Path(root) if root else ensure_synthetic("dhf1k", seed=synthetic_seed, progress=False)
+        """Train and val sets of a labelled source. Layouts without a val split (UCF-Sports, Hollywood2) hold out
+        their last 10 % of training videos (at least one) for validation — the authors' UCF split is 93 / 10 of
+        the 103 training videos (HD2S sheet §6); which ten is not recorded, so ours is the last ten by name."""
+        path = Path(root) if root else ensure_synthetic(dataset, seed=synthetic_seed, progress=False)
         if not path.is_dir():
             raise UserError(f"{field} {path}: no such folder")
+        train_videos, val_split, val_videos = None, "val", None
+        if "val" not in tdata.manifest_for_root(path, dataset).splits:
+            ids = tdata.list_videos(path, "train", dataset)
+            if len(ids) < 2:
+                raise UserError(f"{field} {path}: needs at least 2 training videos (one is held out for validation)")
+            k = max(1, round(len(ids) / 10))
+            train_videos, val_split, val_videos = ids[:-k], "train", ids[-k:]
         train_ds = tdata.SaliencyClipDataset(path, split="train", dataset=dataset, sampling="random", flip=cfg.flip,
-                                             max_videos=cfg.max_videos, **common)
+                                             videos=train_videos, max_videos=cfg.max_videos, **common)
         if not train_ds.annotated or len(train_ds) == 0:
             raise UserError(f"{field} {path}: the train split has no saliency maps to train HD2S on")
-        val_ds = tdata.SaliencyClipDataset(path, split="val", dataset=dataset, sampling="uniform", flip=False,
-                                           max_videos=cfg.val_videos, clips_per_video=cfg.val_clips_per_video,
-                                           **common)
+        val_ds = tdata.SaliencyClipDataset(path, split=val_split, dataset=dataset, sampling="uniform", flip=False,
+                                           videos=val_videos, max_videos=cfg.val_videos,
+                                           clips_per_video=cfg.val_clips_per_video, **common)
         return train_ds, val_ds
 
     if cfg.model == "hd2s_dsl":
@@ -470,7 +481,8 @@ def build_data(cfg: TrainConfig) -> _Data:
     train_ds, val_ds = labelled(cfg.data_root, cfg.dataset, "data_root")
     aux = None
     if cfg.model == "hd2s_da":  # the unlabelled target domain (its labels, if any, are never read)
-        root = Path(cfg.da_target_root) if cfg.da_target_root else ensure_synthetic("kinetics", progress=False)
+        root = (Path(cfg.da_target_root) if cfg.da_target_root
+                else ensure_synthetic(cfg.da_target_dataset, progress=False))  # null: a synthetic set of that layout
         if not root.is_dir():
             raise UserError(f"da_target_root {root}: no such folder")
         if cfg.da_target_dataset == "kinetics":
@@ -1229,7 +1241,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tinyhd train", description=(
-        "Train or distil TinyHD from a YAML config. Running the same command again resumes from DIR/last.pt. "
+        "Train or distil TinyHD, or train the teacher HD2S (model: hd2s | hd2s_da | hd2s_dsl), from a YAML "
+        "config. Running the same command again resumes from DIR/last.pt. "
         "Multi-GPU: torchrun --nproc_per_node N -m tinyhd train CONFIG --out DIR"))
     parser.add_argument("config", help="YAML config (keys = TrainConfig fields; 'stages:' for a chain), "
                                        "or the name of a packaged one, e.g. smoke")
