@@ -83,9 +83,27 @@ def test_time_map_is_nn_upsample():
     torch.testing.assert_close((1 - lam) * i0.float() + lam * i1.float(), up)
 
 
-@pytest.mark.parametrize("output, reduction, decoders", [("multi", 1, ("d1", "d2", "d3")), ("single", 1, ("d1", "d2", "d3")),
-                                                         ("multi", 2, ("d1", "d2", "d3")), ("multi", 1, ("d3", "d3"))])
-def test_model_with_kernels_matches_plain(kernels, output, reduction, decoders):
+class _Counting:
+    """Wraps the kernel module and counts calls (to check that the model really runs the kernels)."""
+
+    def __init__(self, module) -> None:
+        self.module, self.calls = module, {"fused_irb": 0, "shuffle_up_add": 0}
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def counted(*args):
+            self.calls[name] += 1
+            return fn(*args)
+        return counted
+
+
+@pytest.mark.parametrize("output, reduction, decoders, size, fused_irbs", [
+    ("multi", 1, ("d1", "d2", "d3"), (192, 256), True),   # the paper's resolution: the IRB kernel runs
+    ("single", 1, ("d1", "d2", "d3"), (96, 128), False),  # S: single frames at full resolution
+    ("multi", 2, ("d1", "d2", "d3"), (96, 128), None),
+    ("multi", 1, ("d3", "d3"), (96, 128), None)])
+def test_model_with_kernels_matches_plain(kernels, output, reduction, decoders, size, fused_irbs):
     from test_fast import _assert_same_outputs, _randomise_bn  # tests/ is on sys.path (rootdir conftest)
     from tinyhd.fast import FusedIRB, _FastD2, _FastD3
     from tinyhd.model import TinyHD
@@ -93,11 +111,27 @@ def test_model_with_kernels_matches_plain(kernels, output, reduction, decoders):
     torch.manual_seed(0)
     model = _randomise_bn(TinyHD(output=output, reduction=reduction, decoders=decoders)).eval()
     fast = optimize_for_inference(model, cpu_kernels=True)
-    assert any(isinstance(m, FusedIRB) for m in fast.modules())
+    counting = _Counting(kernels)
+    for m in fast.modules():
+        if isinstance(m, (FusedIRB, _FastD2, _FastD3)):
+            m.kernels = counting
     assert any(isinstance(m, (_FastD2, _FastD3)) for m in fast.modules())
-    clip = torch.randn(1, 3, 16, 64, 96)
+    clip = torch.randn(1, 3, 16, *size)
     with torch.inference_mode():
         _assert_same_outputs(fast(clip), model(clip))
+    assert counting.calls["shuffle_up_add"] > 0
+    if fused_irbs is not None:
+        assert (counting.calls["fused_irb"] > 0) == fused_irbs
+
+
+def test_fused_irb_rule():
+    from tinyhd.fast import fused_irb_pays
+
+    assert fused_irb_pays(4, 16, 192, 256) and fused_irb_pays(56, 8, 96, 128) and fused_irb_pays(14, 16, 192, 256)
+    assert not fused_irb_pays(1040, 1, 12, 16)      # wide: oneDNN's GEMMs
+    assert not fused_irb_pays(56, 1, 192, 256)      # a single frame
+    assert not fused_irb_pays(48, 4, 48, 64)        # small frames: in cache for oneDNN
+    assert not fused_irb_pays(12, 8, 96, 128)       # narrow at 96×128
 
 
 def test_kernels_can_be_turned_off(monkeypatch):

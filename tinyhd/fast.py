@@ -47,7 +47,7 @@ from torch import nn
 
 from tinyhd.errors import UserError
 
-__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "FusedIRB", "up_add", "linear_fusion", "ChannelsLastPixelShuffle3d",
+__all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "FusedIRB", "fused_irb_pays", "up_add", "linear_fusion", "ChannelsLastPixelShuffle3d",
            "pixel_shuffle_frames_cl"]
 
 _CL = torch.channels_last_3d
@@ -314,13 +314,20 @@ def keep_freed_memory() -> bool:
 # --------------------------------------------------------------------------------------------------
 # 4. fused C++ kernels (tinyhd/csrc/cpu_kernels.cpp, built by tinyhd.kernels)
 # --------------------------------------------------------------------------------------------------
-# A fused IRB keeps its hidden frames in a ring of kt planar frames; beyond a few MiB per frame the ring no
-# longer stays in cache and oneDNN's three passes are faster (measured: 56 hidden channels at 96×128, 5 MiB per
-# frame: fused 1.2× faster; 48 hidden channels at 192×256, 13 MiB: fused 1.6× slower).
-_RING_FRAME_BYTES = 8 << 20
-# The kernel's 1×1 convs are plain broadcast-FMA loops: fine for the decoders' narrow IRBs, far slower than
-# oneDNN's GEMMs for the wide low-resolution ones (D2's first IRB expands 520 → 1040 channels).
-_MAX_FUSED_HIDDEN = 64
+def fused_irb_pays(hidden: int, t: int, h: int, w: int) -> bool:
+    """Whether :class:`FusedIRB` runs the C++ kernel for this IRB input (else oneDNN's three convolutions).
+
+    An empirical rule from single-IRB timings of every decoder IRB of TinyHD-M ×1 at 192×256 (1 thread, this
+    repo's 2-core EPYC, kernel vs oneDNN): the kernel wins where oneDNN's passes over the hidden tensor
+    dominate — 4 hidden channels at 16×192×256 (5.9 vs 11.1 ms), 14 at 16×192×256 (19.3 vs 24.2 ms), 56 at
+    8×96×128 (18.3 vs 22.0 ms), 48 at 4×96×128 (8.7 vs 10.5 ms) — and loses for wide IRBs (its 1×1 convs
+    are broadcast-FMA loops, not GEMMs: hidden > 64), at 48×64 and below (everything is in cache for oneDNN),
+    for narrow IRBs at 96×128 (12 or 16 hidden: 2.3 vs 1.8 ms) and for single frames (56 hidden at
+    1×192×256: 8.3 vs 7.0 ms).
+    """
+    if hidden > 64 or t < 2 or h * w < 96 * 128:
+        return False
+    return not (hidden <= 16 and h * w < 192 * 256)
 
 
 def _kernel_input_ok(x: torch.Tensor) -> bool:
@@ -329,8 +336,8 @@ def _kernel_input_ok(x: torch.Tensor) -> bool:
 
 class FusedIRB(nn.Module):
     """A decoder IRB (BN folded) run by the fused C++ kernel ``fused_irb``: expand + depthwise + project in one
-    pass, the hidden activations never written to memory. Falls back to its three :class:`FusedConv3d` for
-    inputs the kernel does not take (non-CPU, non-float32, too large for the ring to stay in cache)."""
+    pass, the hidden activations never written to memory. Runs its three :class:`FusedConv3d` instead for inputs
+    the kernel does not take (non-CPU, non-float32) or where it does not pay (:func:`fused_irb_pays`)."""
 
     def __init__(self, expand: FusedConv3d, depthwise: FusedConv3d, project: FusedConv3d, kernels) -> None:
         super().__init__()
@@ -341,10 +348,9 @@ class FusedIRB(nn.Module):
                 conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0]), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ring_frame = self.depthwise.weight.shape[0] * (h + 2) * (w + 96) * 4
-        if (self.kernels is None or not _kernel_input_ok(x) or ring_frame > _RING_FRAME_BYTES
-                or self.depthwise.weight.shape[0] > _MAX_FUSED_HIDDEN):
+        t, h, w = x.shape[-3:]
+        if (self.kernels is None or not _kernel_input_ok(x)
+                or not fused_irb_pays(self.depthwise.weight.shape[0], t, h, w)):
             return self.project(self.depthwise(self.expand(x)))
         e, d, p = self.expand, self.depthwise, self.project
         return self.kernels.fused_irb(x.contiguous(memory_format=_CL), e.weight, e.bias, d.weight, d.bias,
