@@ -23,28 +23,31 @@ def kernels():
     return module
 
 
-def _irb_reference(x, we, be, wd, bd, wp, bp):
+def _irb_reference(x, we, be, wd, bd, wp, bp, st=1):
     kt = wd.shape[2]
     h = F.conv3d(x, we, be).clamp(0, 6)
-    g = F.conv3d(h, wd, bd, padding=(kt // 2, 1, 1), groups=wd.shape[0]).clamp(0, 6)
+    g = F.conv3d(h, wd, bd, stride=(st, 1, 1), padding=(kt // 2, 1, 1), groups=wd.shape[0]).clamp(0, 6)
     return F.conv3d(g, wp, bp)
 
 
-@pytest.mark.parametrize("cin, hidden, cout, t, h, w, kt, batch", [
-    (7, 14, 1, 16, 24, 40, 3, 1),     # W not a multiple of the 64-pixel block
-    (2, 4, 2, 5, 33, 70, 3, 2),       # odd sizes, batch of two, rows not a multiple of the band
-    (28, 56, 6, 3, 8, 130, 3, 1),     # a band taller than the image, W just above two blocks
-    (5, 10, 3, 1, 6, 9, 3, 1),        # T=1: both temporal neighbours are padding
-    (6, 12, 4, 4, 10, 20, 1, 1),      # kt=1 (the S model's T1 code)
+@pytest.mark.parametrize("cin, hidden, cout, t, h, w, kt, st, batch", [
+    (7, 14, 1, 16, 24, 40, 3, 1, 1),     # W not a multiple of the 64-pixel block
+    (2, 4, 2, 5, 33, 70, 3, 1, 2),       # odd sizes, batch of two, rows not a multiple of the band
+    (28, 56, 6, 3, 8, 130, 3, 1, 1),     # a band taller than the image, W just above two blocks
+    (5, 10, 3, 1, 6, 9, 3, 1, 1),        # T=1: both temporal neighbours are padding
+    (6, 12, 4, 4, 10, 20, 1, 1, 1),      # kt=1 (the S model's T1 code)
+    (9, 18, 5, 8, 12, 70, 3, 2, 1),      # T↓: temporal stride 2, even T
+    (4, 8, 2, 5, 7, 9, 3, 2, 2),         # T↓ with odd T (⌈T/2⌉ output frames)
+    (3, 6, 1, 2, 66, 20, 3, 2, 1),       # T↓ 2 → 1, several bands
 ])
-def test_fused_irb_matches_three_convolutions(kernels, cin, hidden, cout, t, h, w, kt, batch):
+def test_fused_irb_matches_three_convolutions(kernels, cin, hidden, cout, t, h, w, kt, st, batch):
     g = torch.Generator().manual_seed(cin * 100 + t)
     x = (4 * torch.randn(batch, cin, t, h, w, generator=g)).contiguous(memory_format=CL)
     we, be = torch.randn(hidden, cin, 1, 1, 1, generator=g) * 0.5, torch.randn(hidden, generator=g)
     wd, bd = torch.randn(hidden, 1, kt, 3, 3, generator=g) * 0.5, torch.randn(hidden, generator=g)
     wp, bp = torch.randn(cout, hidden, 1, 1, 1, generator=g) * 0.5, torch.randn(cout, generator=g)
-    out = kernels.fused_irb(x, we, be, wd, bd, wp, bp)
-    ref = _irb_reference(x.contiguous(), we, be, wd, bd, wp, bp)
+    out = kernels.fused_irb(x, we, be, wd, bd, wp, bp, st)
+    ref = _irb_reference(x.contiguous(), we, be, wd, bd, wp, bp, st)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=CL)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     # both clamps are active on this data (so the ReLU6 of each stage is exercised)
@@ -56,9 +59,11 @@ def test_fused_irb_rejects_bad_input(kernels):
     args = (torch.randn(8, 4, 1, 1, 1), torch.randn(8), torch.randn(8, 1, 3, 3, 3), torch.randn(8),
             torch.randn(2, 8, 1, 1, 1), torch.randn(2))
     with pytest.raises(RuntimeError, match="channels-last"):
-        kernels.fused_irb(x, *args)
+        kernels.fused_irb(x, *args, 1)
     with pytest.raises(RuntimeError, match="IRB"):
-        kernels.fused_irb(x.contiguous(memory_format=CL), args[0], args[1], torch.randn(8, 1, 2, 3, 3), *args[3:])
+        kernels.fused_irb(x.contiguous(memory_format=CL), args[0], args[1], torch.randn(8, 1, 2, 3, 3), *args[3:], 1)
+    with pytest.raises(RuntimeError, match="stride"):
+        kernels.fused_irb(x.contiguous(memory_format=CL), *args, 3)
 
 
 @pytest.mark.parametrize("temporal, with_add, t", [(True, True, 8), (True, False, 3), (False, True, 4), (False, False, 1)])
@@ -100,7 +105,7 @@ class _Counting:
 
 @pytest.mark.parametrize("output, reduction, decoders, size, fused_irbs", [
     ("multi", 1, ("d1", "d2", "d3"), (192, 256), True),   # the paper's resolution: the IRB kernel runs
-    ("single", 1, ("d1", "d2", "d3"), (96, 128), False),  # S: single frames at full resolution
+    ("single", 1, ("d1", "d2", "d3"), (96, 128), None),
     ("multi", 2, ("d1", "d2", "d3"), (96, 128), None),
     ("multi", 1, ("d3", "d3"), (96, 128), None)])
 def test_model_with_kernels_matches_plain(kernels, output, reduction, decoders, size, fused_irbs):
@@ -131,7 +136,7 @@ def test_fused_irb_rule():
     assert not fused_irb_pays(1040, 1, 12, 16)      # wide: oneDNN's GEMMs
     assert not fused_irb_pays(56, 1, 192, 256)      # a single frame
     assert not fused_irb_pays(48, 4, 48, 64)        # small frames: in cache for oneDNN
-    assert not fused_irb_pays(12, 8, 96, 128)       # narrow at 96×128
+    assert not fused_irb_pays(12, 8, 96, 128) and not fused_irb_pays(28, 2, 96, 128)  # narrow at 96×128
 
 
 def test_kernels_can_be_turned_off(monkeypatch):

@@ -318,16 +318,16 @@ def fused_irb_pays(hidden: int, t: int, h: int, w: int) -> bool:
     """Whether :class:`FusedIRB` runs the C++ kernel for this IRB input (else oneDNN's three convolutions).
 
     An empirical rule from single-IRB timings of every decoder IRB of TinyHD-M ×1 at 192×256 (1 thread, this
-    repo's 2-core EPYC, kernel vs oneDNN): the kernel wins where oneDNN's passes over the hidden tensor
-    dominate — 4 hidden channels at 16×192×256 (5.9 vs 11.1 ms), 14 at 16×192×256 (19.3 vs 24.2 ms), 56 at
-    8×96×128 (18.3 vs 22.0 ms), 48 at 4×96×128 (8.7 vs 10.5 ms) — and loses for wide IRBs (its 1×1 convs
-    are broadcast-FMA loops, not GEMMs: hidden > 64), at 48×64 and below (everything is in cache for oneDNN),
-    for narrow IRBs at 96×128 (12 or 16 hidden: 2.3 vs 1.8 ms) and for single frames (56 hidden at
-    1×192×256: 8.3 vs 7.0 ms).
+    repo's 2-core EPYC, kernel vs oneDNN, ms): the kernel wins where oneDNN's passes over the hidden tensor
+    dominate — 4 hidden channels at 16×192×256 (5.4 vs 11.2), 14 at 16×192×256 (18.0 vs 23.8), 24 at
+    4→2×192×256 with T↓ (8.0 vs 9.1), 56 at 8×96×128 (17.0 vs 22.3; T↓: 11.9 vs 13.7) — and loses for wide
+    IRBs (its 1×1 convs are broadcast-FMA loops, not GEMMs: hidden > 64), at 48×64 and below (everything is
+    in cache for oneDNN), for narrower IRBs at 96×128 (28 hidden at 2×96×128: 2.8 vs 2.2; 12: 2.3 vs 1.8)
+    and for single frames (56 hidden at 1×192×256: 8.3 vs 7.0).
     """
     if hidden > 64 or t < 2 or h * w < 96 * 128:
         return False
-    return not (hidden <= 16 and h * w < 192 * 256)
+    return h * w >= 192 * 256 or hidden >= 48
 
 
 def _kernel_input_ok(x: torch.Tensor) -> bool:
@@ -354,7 +354,7 @@ class FusedIRB(nn.Module):
             return self.project(self.depthwise(self.expand(x)))
         e, d, p = self.expand, self.depthwise, self.project
         return self.kernels.fused_irb(x.contiguous(memory_format=_CL), e.weight, e.bias, d.weight, d.bias,
-                                      p.weight, p.bias)
+                                      p.weight, p.bias, d.stride[0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -425,7 +425,7 @@ class _FastD3(nn.Module):
 
 
 def _use_kernels(model: nn.Module, kernels) -> None:
-    """IRBs with a stride-1 depthwise conv → :class:`FusedIRB`; D2/D3 → forwards with fused upsampling + add.
+    """IRBs (depthwise stride 1, or T↓'s temporal stride 2) → :class:`FusedIRB`; D2/D3 → forwards with fused upsampling + add.
     Runs after :func:`_swap_modules` (convs are FusedConv3d, upsamplings channels-last modules)."""
     from tinyhd.decoders import D2, D3, IRB
 
@@ -434,8 +434,8 @@ def _use_kernels(model: nn.Module, kernels) -> None:
             if isinstance(child, IRB):
                 expand, depthwise, project = child.conv[0][0], child.conv[1][0], child.conv[2]
                 if all(isinstance(c, FusedConv3d) for c in (expand, depthwise, project)) and \
-                        depthwise.stride == [1, 1, 1] and expand.relu6 and depthwise.relu6 and not project.relu6 \
-                        and depthwise.weight.shape[2] in (1, 3):
+                        (depthwise.stride == [1, 1, 1] or (depthwise.stride == [2, 1, 1] and depthwise.weight.shape[2] == 3)) \
+                        and expand.relu6 and depthwise.relu6 and not project.relu6 and depthwise.weight.shape[2] in (1, 3):
                     parent._modules[name] = FusedIRB(expand, depthwise, project, kernels)
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):

@@ -5,7 +5,7 @@
 //
 // 1. fused_irb: one decoder IRB (tinyhd.decoders.IRB, BatchNorm folded into the conv biases)
 //      h = relu6(We·x + be)                  1×1×1 conv, Cin → Ch
-//      g = relu6(dw_{kt×3×3}(h) + bd)        depthwise, stride 1, zero padding (kt/2, 1, 1)
+//      g = relu6(dw_{kt×3×3}(h) + bd)        depthwise, stride (st, 1, 1) with st 1 or 2, padding (kt/2, 1, 1)
 //      y = Wp·g + bp                         1×1×1 conv, Ch → Cout
 //    oneDNN runs these as three passes over memory, writing and re-reading the hidden tensor (2× the input
 //    channels) twice. Here the frames are cut into bands of R rows (one task per band, over ATen's threads);
@@ -120,14 +120,14 @@ inline void depthwise_block(const float* const* taps, int64_t Wr, const float* k
 }
 
 template <int KT>
-void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64_t H, int64_t W, int64_t Ch,
-              int64_t Cout, const float* WE, const float* BE, const float* WD, const float* BD, const float* WP,
-              const float* BP) {
+void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64_t To, int64_t st, int64_t H,
+              int64_t W, int64_t Ch, int64_t Cout, const float* WE, const float* BE, const float* WD, const float* BD,
+              const float* WP, const float* BP) {
   constexpr int PT = KT / 2;
   const int64_t Wb = (W + kBlock - 1) / kBlock * kBlock, Wr = kLeft + Wb + 16;
   // rows per band: the band's ring (KT frames × Ch planes × (R + 2) rows) within ~1.5 MiB (about an L2 of this
   // class of CPU; 0.75 MiB made the halo rows' extra expansion cost more than it saved, 3 MiB no better)
-  const int64_t row_bytes = KT * Ch * Wr * 4;
+  const int64_t row_bytes = std::min<int64_t>(KT, T) * Ch * Wr * 4;
   const int64_t R = std::max<int64_t>(4, std::min<int64_t>(32, (1536 << 10) / row_bytes - 2));
   const int64_t bands = (H + R - 1) / R, Rp = R + 2, plane = Rp * Wr, frame = Ch * plane;
   at::parallel_for(0, B * bands, 1, [&](int64_t task0, int64_t task1) {
@@ -159,8 +159,9 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
         }
         slot_frame[f % KT] = f;
       };
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t f = std::max<int64_t>(0, t - PT); f <= std::min<int64_t>(T - 1, t + PT); ++f)
+      for (int64_t t = 0; t < To; ++t) {  // output frame t is centred on input frame t·st
+        const int64_t tc = t * st;
+        for (int64_t f = std::max<int64_t>(0, tc - PT); f <= std::min<int64_t>(T - 1, tc + PT); ++f)
           if (slot_frame[f % KT] != f) expand(f);
         for (int64_t r = row0; r < row1; r += 2) {
           const int64_t lr = r - row0, nr = std::min<int64_t>(2, row1 - r);  // ring row lr + 1 holds image row r
@@ -168,7 +169,7 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
             for (int64_t c = 0; c < Ch; ++c) {  // depthwise kt×3×3 + ReLU6, nr rows
               const float* taps[KT];
               for (int dt = 0; dt < KT; ++dt) {
-                const int64_t f = t + dt - PT;
+                const int64_t f = tc + dt - PT;
                 taps[dt] = (f < 0 || f >= T) ? nullptr : ring + (f % KT) * frame + c * plane + lr * Wr + kLeft - 1 + wb;
               }
               if (nr == 2)
@@ -180,7 +181,7 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
               pointwise_block<false>(g.data() + n * Ch * kBlock, kBlock, Ch, WP, BP, Cout, out.data() + n * Cout * Wb + wb, Wb);
           }
           for (int64_t n = 0; n < nr; ++n) {  // back to channels-last
-            float* yr = Y + ((b * T + t) * H + r + n) * W * Cout;
+            float* yr = Y + ((b * To + t) * H + r + n) * W * Cout;
             const float* o_n = out.data() + n * Cout * Wb;
             for (int64_t w = 0; w < W; ++w)
               for (int64_t o = 0; o < Cout; ++o) yr[w * Cout + o] = o_n[o * Wb + w];
@@ -201,7 +202,7 @@ void check_cl(const torch::Tensor& t, const char* name) {
 
 torch::Tensor fused_irb(const torch::Tensor& x, const torch::Tensor& we, const torch::Tensor& be,
                         const torch::Tensor& wd, const torch::Tensor& bd, const torch::Tensor& wp,
-                        const torch::Tensor& bp) {
+                        const torch::Tensor& bp, int64_t temporal_stride) {
   check_cl(x, "x");
   const int64_t B = x.size(0), Cin = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t Ch = we.size(0), Cout = wp.size(0), kt = wd.dim() == 5 ? wd.size(2) : 0;
@@ -210,11 +211,13 @@ torch::Tensor fused_irb(const torch::Tensor& x, const torch::Tensor& we, const t
                   bd.numel() == Ch && bp.numel() == Cout,
               "fused_irb: weight shapes do not form an IRB (1×1×1, depthwise kt×3×3 with kt 1 or 3, 1×1×1)");
   for (const auto* w : {&we, &be, &wd, &bd, &wp, &bp}) TORCH_CHECK(w->scalar_type() == torch::kFloat32, "float32 weights");
+  TORCH_CHECK(temporal_stride == 1 || (temporal_stride == 2 && kt == 3), "fused_irb: temporal stride 1, or 2 with kt=3");
+  const int64_t To = (T + 2 * (kt / 2) - kt) / temporal_stride + 1;  // PyTorch's conv output length
   auto wec = we.contiguous(), bec = be.contiguous(), wdc = wd.contiguous(), bdc = bd.contiguous(),
        wpc = wp.contiguous(), bpc = bp.contiguous();
-  auto y = torch::empty({B, Cout, T, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
+  auto y = torch::empty({B, Cout, To, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast3d));
   auto fn = kt == 3 ? irb_impl<3> : irb_impl<1>;
-  fn(x.data_ptr<float>(), y.data_ptr<float>(), B, Cin, T, H, W, Ch, Cout, wec.data_ptr<float>(),
+  fn(x.data_ptr<float>(), y.data_ptr<float>(), B, Cin, T, To, temporal_stride, H, W, Ch, Cout, wec.data_ptr<float>(),
      bec.data_ptr<float>(), wdc.data_ptr<float>(), bdc.data_ptr<float>(), wpc.data_ptr<float>(),
      bpc.data_ptr<float>());
   return y;
