@@ -932,6 +932,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     is_main = rank == 0
+    if cfg.model in HD2S_MODELS and cfg.batch_size < world * (2 if cfg.model == "hd2s_da" else 1):
+        raise UserError(f"batch_size: {cfg.batch_size} is split across {world} ranks — each needs at least "
+                        f"{2 if cfg.model == 'hd2s_da' else 1} clip(s) per mini-batch")
     device = _resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
