@@ -128,8 +128,16 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
   // rows per band: the band's ring (KT frames × Ch planes × (R + 2) rows) within ~1.5 MiB (about an L2 of this
   // class of CPU; 0.75 MiB made the halo rows' extra expansion cost more than it saved, 3 MiB no better)
   const int64_t row_bytes = std::min<int64_t>(KT, T) * Ch * Wr * 4;
-  const int64_t R = std::max<int64_t>(4, std::min<int64_t>(32, (1536 << 10) / row_bytes - 2));
-  const int64_t bands = (H + R - 1) / R, Rp = R + 2, plane = Rp * Wr, frame = Ch * plane;
+  int64_t R = std::max<int64_t>(4, std::min<int64_t>(32, (1536 << 10) / row_bytes - 2));
+  // as many tasks per thread for every thread (7 bands on 2 threads would leave one idle an eighth of the time)
+  const int64_t nt = at::get_num_threads();
+  int64_t bands = (H + R - 1) / R;
+  if (nt > 1 && (B * bands) % nt) {
+    bands = ((B * bands + nt - 1) / nt * nt + B - 1) / B;
+    R = std::max<int64_t>(1, (H + bands - 1) / bands);
+    bands = (H + R - 1) / R;
+  }
+  const int64_t Rp = R + 2, plane = Rp * Wr, frame = Ch * plane;
   at::parallel_for(0, B * bands, 1, [&](int64_t task0, int64_t task1) {
     std::vector<float> ring_store(KT * frame + 16), in(Cin * Wb, 0.f), g(2 * Ch * kBlock), out(2 * Cout * Wb);
     float* ring = ring_store.data() + ((16 - (reinterpret_cast<uintptr_t>(ring_store.data()) / 4) % 16) % 16);
