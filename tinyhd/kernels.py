@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -72,6 +73,12 @@ def cpu_kernels(verbose: bool = False) -> ModuleType | None:
             key = build_key()
             build_dir = cache_dir() / "kernels" / key
             build_dir.mkdir(parents=True, exist_ok=True)
+            lock = build_dir / "lock"  # torch's build lock; one left by a build that was killed would block forever
+            try:
+                if lock.exists() and time.time() - lock.stat().st_mtime > 600:
+                    lock.unlink()
+            except OSError:
+                pass
             name = f"tinyhd_cpu_kernels_{key}"
             if not list(build_dir.glob(f"{name}*.so")):
                 print(f"tinyhd: building the fused CPU kernels once (~30 s) in {build_dir}", file=sys.stderr)
