@@ -11,6 +11,7 @@ the kernels off.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import sys
@@ -68,6 +69,8 @@ def cpu_kernels(verbose: bool = False) -> ModuleType | None:
         elif platform.machine().lower() not in ("x86_64", "amd64"):
             reason = f"the kernels use x86-64 vector code; this machine is {platform.machine()}"
         else:
+            # its import logs "No CUDA runtime is found" on CPU-only machines: irrelevant for this CPU build
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             from torch.utils import cpp_extension
 
             key = build_key()
