@@ -157,11 +157,18 @@ def pixel_shuffle_frames_cl(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
 
 
 class ChannelsLastPixelShuffle3d(nn.Module):
+    """:func:`pixel_shuffle_frames_cl` as a module; with ``kernels`` set (by :func:`optimize_for_inference`) a
+    2× shuffle of a CPU float32 tensor runs as the C++ ``shuffle_up_add`` (identity time map, no addend)."""
+
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
         self.factor = factor
+        self.kernels = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None and self.factor == 2 and _kernel_input_ok(x):
+            i0, i1, lam = _time_map(x.shape[2], False)
+            return self.kernels.shuffle_up_add(x.contiguous(memory_format=_CL), i0, i1, lam, None)
         return pixel_shuffle_frames_cl(x, self.factor)
 
 
@@ -238,6 +245,7 @@ class _ChannelsLastEncoder(nn.Module):
         self.features = encoder.features
         self.groups = FEATURE_GROUPS
         self.block_channels = list(encoder.block_channels)
+        self.shuffle = ChannelsLastPixelShuffle3d(2)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -245,8 +253,8 @@ class _ChannelsLastEncoder(nn.Module):
             x = layer(x)
             feats.append(x)
         g = [torch.cat([feats[i] for i in group], dim=1) for group in self.groups]
-        b0 = torch.cat([g[0], pixel_shuffle_frames_cl(g[1])], dim=1)
-        return [b0, pixel_shuffle_frames_cl(g[2]), pixel_shuffle_frames_cl(g[3]), pixel_shuffle_frames_cl(g[4])]
+        ps = self.shuffle
+        return [torch.cat([g[0], ps(g[1])], dim=1), ps(g[2]), ps(g[3]), ps(g[4])]
 
 
 def _fuse_conv_relu6(model: nn.Module) -> None:
@@ -437,6 +445,9 @@ def _use_kernels(model: nn.Module, kernels) -> None:
                         (depthwise.stride == [1, 1, 1] or (depthwise.stride == [2, 1, 1] and depthwise.weight.shape[2] == 3)) \
                         and expand.relu6 and depthwise.relu6 and not project.relu6 and depthwise.weight.shape[2] in (1, 3):
                     parent._modules[name] = FusedIRB(expand, depthwise, project, kernels)
+    for m in model.modules():
+        if isinstance(m, ChannelsLastPixelShuffle3d):
+            m.kernels = kernels
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):
             if type(child) is D2 and type(child).forward is D2.forward:
