@@ -39,6 +39,8 @@ def _irb_reference(x, we, be, wd, bd, wp, bp, st=1):
     (9, 18, 5, 8, 12, 70, 3, 2, 1),      # T↓: temporal stride 2, even T
     (4, 8, 2, 5, 7, 9, 3, 2, 2),         # T↓ with odd T (⌈T/2⌉ output frames)
     (3, 6, 1, 2, 66, 20, 3, 2, 1),       # T↓ 2 → 1, several bands
+    (20, 40, 28, 3, 5, 37, 3, 1, 1),     # vectorised 16×16 transposes in and out, partial last tiles
+    (33, 60, 17, 2, 4, 48, 3, 1, 1),     # three channel tiles in, two out
 ])
 def test_fused_irb_matches_three_convolutions(kernels, cin, hidden, cout, t, h, w, kt, st, batch):
     g = torch.Generator().manual_seed(cin * 100 + t)

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -40,6 +41,73 @@ inline v16 relu6(v16 v) {
 
 constexpr int64_t kBlock = 64;  // pixels per inner block (4 vectors of 16)
 constexpr int64_t kLeft = 16;   // left border of a ring row (column kLeft - 1 is the zero padding)
+
+// In-register transpose of a 16×16 tile: r[i] lane j → r[j] lane i (four rounds of two-vector shuffles:
+// 32-bit and 64-bit interleaves give 4×4 transposes inside each 128-bit lane, then two lane shuffles).
+inline void transpose16(v16 r[16]) {
+  typedef int v16i __attribute__((vector_size(64)));
+  v16 a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
+    a[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int h = 0; h < 2; ++h) {
+      b[i + 2 * h] = __builtin_shufflevector(a[i + h], a[i + h + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+      b[i + 2 * h + 1] = __builtin_shufflevector(a[i + h], a[i + h + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    }
+  // b[4m + q], 128-bit lane L, holds r[4m .. 4m+3][4L + q]
+  for (int q = 0; q < 4; ++q) {
+    const v16 d01 = __builtin_shufflevector(b[q], b[4 + q], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const v16 d23 = __builtin_shufflevector(b[q], b[4 + q], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    const v16 e01 = __builtin_shufflevector(b[8 + q], b[12 + q], 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const v16 e23 = __builtin_shufflevector(b[8 + q], b[12 + q], 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    r[q] = __builtin_shufflevector(d01, e01, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    r[4 + q] = __builtin_shufflevector(d01, e01, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    r[8 + q] = __builtin_shufflevector(d23, e23, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    r[12 + q] = __builtin_shufflevector(d23, e23, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  }
+  (void)sizeof(v16i);
+}
+
+// Channels-last row (W pixels × C channels) → planar rows dst[c·dstride + w], c < C.
+inline void cl_to_planar(const float* src, int64_t W, int64_t C, float* dst, int64_t dstride) {
+  int64_t w0 = 0;
+  if (C >= 4) {
+    v16 r[16];
+    // full 16-float loads stay inside the row while (w0 + 15)·C + c0 + 16 ≤ W·C
+    for (; w0 + 16 <= W && (w0 + 15) * C + ((C - 1) / 16) * 16 + 16 <= W * C; w0 += 16)
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        for (int j = 0; j < 16; ++j) r[j] = ld(src + (w0 + j) * C + c0);
+        transpose16(r);
+        const int64_t nc = std::min<int64_t>(16, C - c0);
+        for (int64_t i = 0; i < nc; ++i) st(dst + (c0 + i) * dstride + w0, r[i]);
+      }
+  }
+  for (; w0 < W; ++w0)
+    for (int64_t c = 0; c < C; ++c) dst[c * dstride + w0] = src[w0 * C + c];
+}
+
+// Planar rows src[c·sstride + w] → channels-last row dst (W pixels × C channels).
+inline void planar_to_cl(const float* src, int64_t sstride, int64_t W, int64_t C, float* dst) {
+  int64_t w0 = 0;
+  if (C >= 8) {
+    v16 r[16];
+    for (; w0 + 16 <= W; w0 += 16)
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const int64_t nc = std::min<int64_t>(16, C - c0);
+        for (int64_t i = 0; i < 16; ++i) r[i] = i < nc ? ld(src + (c0 + i) * sstride + w0) : splat(0.f);
+        transpose16(r);
+        for (int j = 0; j < 16; ++j) {
+          float* d = dst + (w0 + j) * C + c0;
+          if (nc == 16) st(d, r[j]);
+          else std::memcpy(d, &r[j], nc * sizeof(float));
+        }
+      }
+  }
+  for (; w0 < W; ++w0)
+    for (int64_t c = 0; c < C; ++c) dst[w0 * C + c] = src[c * sstride + w0];
+}
 
 // dst[o][0..64) = act(bias[o] + Σ_i Wt[o][i] · src[i][0..64)) for o < n_out (a 1×1 conv on one 64-pixel block;
 // channel i of src at src + i·sstride, channel o of dst at dst + o·dstride). Four output channels at a time so
@@ -155,8 +223,7 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
             continue;
           }
           const float* xr = X + ((b * T + f) * H + r) * W * Cin;
-          for (int64_t w = 0; w < W; ++w)
-            for (int64_t i = 0; i < Cin; ++i) in[i * Wb + w] = xr[w * Cin + i];
+          cl_to_planar(xr, W, Cin, in.data(), Wb);
           for (int64_t wb = 0; wb < Wb; wb += kBlock)
             pointwise_block<true>(in.data() + wb, Wb, Cin, WE, BE, Ch, P + lr * Wr + kLeft + wb, plane);
           for (int64_t c = 0; c < Ch; ++c) {
@@ -191,8 +258,7 @@ void irb_impl(const float* X, float* Y, int64_t B, int64_t Cin, int64_t T, int64
           for (int64_t n = 0; n < nr; ++n) {  // back to channels-last
             float* yr = Y + ((b * To + t) * H + r + n) * W * Cout;
             const float* o_n = out.data() + n * Cout * Wb;
-            for (int64_t w = 0; w < W; ++w)
-              for (int64_t o = 0; o < Cout; ++o) yr[w * Cout + o] = o_n[o * Wb + w];
+            planar_to_cl(o_n, Wb, W, Cout, yr);
           }
         }
       }
