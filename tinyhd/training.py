@@ -42,6 +42,7 @@ import math
 import os
 import random
 import sys
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -1098,7 +1099,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
         if not stopped:  # end of epoch: next epoch, lr schedule
             state["epoch"] += 1
             state["step_in_epoch"] = 0
-            scheduler.step()
+            with warnings.catch_warnings():  # a run resumed at the very end of an epoch has not stepped yet here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                scheduler.step()
         done = stopped or state["epoch"] >= cfg.epochs
         # validation: every epoch (val_every null), and where the run ends when val_every is set
         if cfg.val_every is None or (cfg.val_every and done and state["step"] % cfg.val_every):
