@@ -24,10 +24,20 @@ function the network computes unchanged up to float rounding:
    ``tests/test_kernels.py``). ``optimize_for_inference(cpu_kernels=False)`` or ``TINYHD_CPU_KERNELS=0`` keeps
    steps 1–3 only.
 
-Measured with ``benchmarks/speed.py`` on a shared 2-core AMD EPYC (torch 2.14.1, 2 threads, 1×3×16×192×256,
-min of 5 interleaved rounds; other jobs were running, so ±30 %): TinyHD-M ×1 584 → 221 ms per forward
-(27 → 72 maps/s; BN folding alone 516 ms), TinyHD-M ×¼ 384 → 140 ms (42 → 114 maps/s), TinyHD-S ×1
-300 → 133 ms. With glibc's default malloc the plain M ×1 took 1063 ms (15 maps/s) and the fast one 299 ms.
+Measured with ``benchmarks/speed.py`` on this repo's 2-core AMD EPYC (Zen 4, AVX-512; torch 2.14.1, 2 threads,
+1×3×16×192×256, min over interleaved rounds, machine idle; 2026-11-21), ms per forward (maps/s):
+
+=============  ============  ============  =====================  ==================
+model          plain         BN folded     + channels-last oneDNN  + fused kernels
+=============  ============  ============  =====================  ==================
+TinyHD-M ×1    682 (23.5)    607 (26.4)    223 (71.7)              190 (84.3)
+TinyHD-M ×½    790 (20.3)    737 (21.7)    237 (67.6)              186 (86.2)
+TinyHD-M ×¼    398 (40.2)    353 (45.3)    143 (111.8)             118 (136.0)
+TinyHD-S ×1    301 (3.3)     273 (3.7)     136 (7.3)               126 (7.9)
+=============  ============  ============  =====================  ==================
+
+(a second idle run of M ×1: 246 ms with oneDNN only, 188 ms = 85.2 maps/s with the kernels; under load from
+another job the numbers grow by up to 30 %). With glibc's default malloc the plain M ×1 took ~1060 ms.
 
 The optimised model returns the same ``TinyHDOutput`` (contiguous tensors). It is for inference only:
 its parameters do not require gradients and BN statistics are frozen into the conv weights.
