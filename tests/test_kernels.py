@@ -155,3 +155,20 @@ def test_kernels_can_be_turned_off(monkeypatch):
 
     with pytest.raises(UserError, match="TINYHD_CPU_KERNELS"):
         optimize_for_inference(model, cpu_kernels=True)
+
+
+def test_optimised_model_can_be_copied_and_saved(kernels, tmp_path):
+    import copy
+
+    from tinyhd.model import TinyHD
+
+    torch.manual_seed(0)
+    fast = optimize_for_inference(TinyHD(output="multi").eval(), cpu_kernels=True)
+    clip = torch.randn(1, 3, 16, 64, 96)
+    with torch.inference_mode():
+        ref = fast(clip).saliency
+        twin = copy.deepcopy(fast)
+        torch.testing.assert_close(twin(clip).saliency, ref, atol=0, rtol=0)
+        torch.save(fast, tmp_path / "fast.pt")
+        loaded = torch.load(tmp_path / "fast.pt", weights_only=False)
+        torch.testing.assert_close(loaded(clip).saliency, ref, atol=0, rtol=0)

@@ -541,10 +541,12 @@ def optimize_for_inference(model: nn.Module, fold_bn: bool = True, channels_last
         if cpu_kernels and fold_bn:
             from tinyhd.kernels import cpu_kernels as load_kernels, unavailable_reason
 
+            from tinyhd.kernels import KernelHandle
+
             kernels = load_kernels()
             if kernels is None and cpu_kernels is True:
                 raise UserError(f"optimize_for_inference(cpu_kernels=True): {unavailable_reason()}")
             if kernels is not None:
-                _use_kernels(fast, kernels)
+                _use_kernels(fast, KernelHandle(kernels))
         return FastTinyHD(fast).eval()
     return fast

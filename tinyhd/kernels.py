@@ -99,3 +99,28 @@ def cpu_kernels(verbose: bool = False) -> ModuleType | None:
                           RuntimeWarning, stacklevel=2)
         _state["module"], _state["reason"] = module, reason
         return module
+
+
+class KernelHandle:
+    """A reference to the compiled kernel module that modules can hold: deep copies share it, and pickling
+    (``torch.save`` of a whole optimised model) stores only "the kernels", loaded again (or built) on unpickling
+    — a Python extension module itself cannot be pickled or copied."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "_module":
+            raise AttributeError(name)
+        return getattr(self._module, name)
+
+    def __deepcopy__(self, memo) -> "KernelHandle":
+        return self
+
+    def __reduce__(self):
+        return (_handle_from_this_machine, ())
+
+
+def _handle_from_this_machine() -> KernelHandle | None:
+    module = cpu_kernels()
+    return KernelHandle(module) if module is not None else None
