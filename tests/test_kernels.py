@@ -112,7 +112,7 @@ class _Counting:
     ("multi", 1, ("d3", "d3"), (96, 128), None)])
 def test_model_with_kernels_matches_plain(kernels, output, reduction, decoders, size, fused_irbs):
     from test_fast import _assert_same_outputs, _randomise_bn  # tests/ is on sys.path (rootdir conftest)
-    from tinyhd.fast import FusedIRB, _FastD2, _FastD3
+    from tinyhd.fast import ChannelsLastPixelShuffle3d, FusedIRB, _FastD2, _FastD3
     from tinyhd.model import TinyHD
 
     torch.manual_seed(0)
@@ -120,7 +120,7 @@ def test_model_with_kernels_matches_plain(kernels, output, reduction, decoders, 
     fast = optimize_for_inference(model, cpu_kernels=True)
     counting = _Counting(kernels)
     for m in fast.modules():
-        if isinstance(m, (FusedIRB, _FastD2, _FastD3)):
+        if isinstance(m, (FusedIRB, ChannelsLastPixelShuffle3d)):
             m.kernels = counting
     assert any(isinstance(m, (_FastD2, _FastD3)) for m in fast.modules())
     clip = torch.randn(1, 3, 16, *size)

@@ -361,9 +361,6 @@ class FusedIRB(nn.Module):
         super().__init__()
         self.expand, self.depthwise, self.project = expand, depthwise, project
         self.kernels = kernels
-        for conv in (expand, depthwise, project):
-            if conv.bias is None:  # fold_batchnorm gives every conv a bias; build one if it was not folded
-                conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0]), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, h, w = x.shape[-3:]
@@ -389,81 +386,82 @@ def _time_map(t: int, temporal: bool) -> tuple[torch.Tensor, torch.Tensor, torch
     return i0, i1, lam
 
 
-def up_add(up: nn.Module, x: torch.Tensor, add: torch.Tensor | None = None, kernels=None) -> torch.Tensor:
+def up_add(up: nn.Module, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
     """``up(x) + add`` (or ``up(x)``) for a decoder upsampling ``up`` (tinyhd.decoders' ``_up``: pixel shuffle,
-    then Up_t in multi-output decoders). With the kernels and a shuffle-based ``up`` this is one pass
-    (``shuffle_up_add``) instead of a copy, a matmul and an add."""
+    then Up_t in multi-output decoders). When the shuffle holds the kernels (:func:`_use_kernels`) this is one
+    pass (``shuffle_up_add``) instead of a copy, a matmul and an add."""
     mods = list(up) if isinstance(up, nn.Sequential) else [up]
-    fusable = (kernels is not None and _kernel_input_ok(x) and isinstance(mods[0], ChannelsLastPixelShuffle3d)
-               and mods[0].factor == 2 and (len(mods) == 1 or (len(mods) == 2 and isinstance(mods[1], TemporalUpsample2x)))
+    shuffle, temporal = mods[0], len(mods) == 2
+    fusable = (isinstance(shuffle, ChannelsLastPixelShuffle3d) and shuffle.kernels is not None
+               and shuffle.factor == 2 and _kernel_input_ok(x)
+               and (len(mods) == 1 or (temporal and isinstance(mods[1], TemporalUpsample2x)))
                and (add is None or (_kernel_input_ok(add) and add.is_contiguous(memory_format=_CL))))
     if not fusable:
         y = up(x)
         return y if add is None else y + add
-    i0, i1, lam = _time_map(x.shape[2], temporal=len(mods) == 2)
-    return kernels.shuffle_up_add(x.contiguous(memory_format=_CL), i0, i1, lam, add)
+    i0, i1, lam = _time_map(x.shape[2], temporal)
+    return shuffle.kernels.shuffle_up_add(x.contiguous(memory_format=_CL), i0, i1, lam, add)
 
 
 class _FastD2(nn.Module):
     """``tinyhd.decoders.D2.forward`` with :func:`up_add` for each upsampling + skip connection."""
 
-    def __init__(self, dec: nn.Module, kernels) -> None:
+    def __init__(self, dec: nn.Module) -> None:
         super().__init__()
-        self.blocks, self.ups, self.kernels = dec.blocks, dec.ups, kernels
+        self.blocks, self.ups = dec.blocks, dec.ups
         self.kind, self.n_maps, self.single = dec.kind, dec.n_maps, dec.single
 
     def forward(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
         b0, b1, b2, b3 = blocks
-        a, k = self.blocks, self.kernels
-        u = up_add(self.ups[0], a[0](b3), b2, k)
-        u = up_add(self.ups[1], a[1](u), a[2](b1), k)
-        u = up_add(self.ups[2], a[3](u), a[5](a[4](b0)), k)
-        u = up_add(self.ups[3], a[6](u), None, k)
+        a = self.blocks
+        u = up_add(self.ups[0], a[0](b3), b2)
+        u = up_add(self.ups[1], a[1](u), a[2](b1))
+        u = up_add(self.ups[2], a[3](u), a[5](a[4](b0)))
+        u = up_add(self.ups[3], a[6](u))
         return torch.sigmoid(a[7](u))
 
 
 class _FastD3(nn.Module):
     """``tinyhd.decoders.D3.forward`` with :func:`up_add` for each upsampling + aggregation."""
 
-    def __init__(self, dec: nn.Module, kernels) -> None:
+    def __init__(self, dec: nn.Module) -> None:
         super().__init__()
-        self.blocks, self.kernels = dec.blocks, kernels
+        self.blocks = dec.blocks
         self.level1_up, self.level2_up, self.level3_up, self.level4_up = (dec.level1_up, dec.level2_up,
                                                                           dec.level3_up, dec.level4_up)
         self.kind, self.n_maps, self.single = dec.kind, dec.n_maps, dec.single
 
     def forward(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
-        a, k = self.blocks, self.kernels
-        x = [up_add(self.level1_up[0], blocks[0], None, k)]
-        x += [up_add(self.level1_up[i], blocks[i], a[i - 1](blocks[i - 1]), k) for i in (1, 2, 3)]
-        y = [up_add(self.level2_up[j], a[3 + j](x[j + 1]), a[6 + j](x[j]), k) for j in range(3)]
-        z = [up_add(self.level3_up[j], y[j + 1], a[9 + j](y[j]), k) for j in range(2)]
-        w = up_add(self.level4_up, z[1], a[11](z[0]), k)
+        a = self.blocks
+        x = [up_add(self.level1_up[0], blocks[0])]
+        x += [up_add(self.level1_up[i], blocks[i], a[i - 1](blocks[i - 1])) for i in (1, 2, 3)]
+        y = [up_add(self.level2_up[j], a[3 + j](x[j + 1]), a[6 + j](x[j])) for j in range(3)]
+        z = [up_add(self.level3_up[j], y[j + 1], a[9 + j](y[j])) for j in range(2)]
+        w = up_add(self.level4_up, z[1], a[11](z[0]))
         return torch.sigmoid(a[12](w))
 
 
 def _use_kernels(model: nn.Module, kernels) -> None:
-    """IRBs (depthwise stride 1, or T↓'s temporal stride 2) → :class:`FusedIRB`; D2/D3 → forwards with fused upsampling + add.
-    Runs after :func:`_swap_modules` (convs are FusedConv3d, upsamplings channels-last modules)."""
+    """IRBs (depthwise stride 1, or T↓'s temporal stride 2) → :class:`FusedIRB`; every 2× channels-last shuffle
+    gets the kernels; D2/D3 → forwards with fused upsampling + add. Runs after :func:`_swap_modules` on a
+    BN-folded model (convs are FusedConv3d with biases, upsamplings channels-last modules)."""
     from tinyhd.decoders import D2, D3, IRB
 
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):
             if isinstance(child, IRB):
-                expand, depthwise, project = child.conv[0][0], child.conv[1][0], child.conv[2]
-                if all(isinstance(c, FusedConv3d) for c in (expand, depthwise, project)) and \
-                        (depthwise.stride == [1, 1, 1] or (depthwise.stride == [2, 1, 1] and depthwise.weight.shape[2] == 3)) \
-                        and expand.relu6 and depthwise.relu6 and not project.relu6 and depthwise.weight.shape[2] in (1, 3):
+                convs = expand, depthwise, project = child.conv[0][0], child.conv[1][0], child.conv[2]
+                kt = depthwise.weight.shape[2]
+                if (all(isinstance(c, FusedConv3d) and c.bias is not None for c in convs)
+                        and expand.relu6 and depthwise.relu6 and not project.relu6
+                        and (depthwise.stride == [1, 1, 1] and kt in (1, 3) or depthwise.stride == [2, 1, 1] and kt == 3)):
                     parent._modules[name] = FusedIRB(expand, depthwise, project, kernels)
-    for m in model.modules():
-        if isinstance(m, ChannelsLastPixelShuffle3d):
-            m.kernels = kernels
-    for parent in list(model.modules()):
-        for name, child in list(parent._modules.items()):
-            if type(child) is D2 and type(child).forward is D2.forward:
-                parent._modules[name] = _FastD2(child, kernels)
-            elif type(child) is D3 and type(child).forward is D3.forward:
-                parent._modules[name] = _FastD3(child, kernels)
+            elif isinstance(child, ChannelsLastPixelShuffle3d):
+                child.kernels = kernels
+            elif type(child) is D2:
+                parent._modules[name] = _FastD2(child)
+            elif type(child) is D3:
+                parent._modules[name] = _FastD3(child)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,7 +45,6 @@ constexpr int64_t kLeft = 16;   // left border of a ring row (column kLeft - 1 i
 // In-register transpose of a 16×16 tile: r[i] lane j → r[j] lane i (four rounds of two-vector shuffles:
 // 32-bit and 64-bit interleaves give 4×4 transposes inside each 128-bit lane, then two lane shuffles).
 inline void transpose16(v16 r[16]) {
-  typedef int v16i __attribute__((vector_size(64)));
   v16 a[16], b[16];
   for (int i = 0; i < 16; i += 2) {
     a[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
@@ -67,7 +66,6 @@ inline void transpose16(v16 r[16]) {
     r[8 + q] = __builtin_shufflevector(d23, e23, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
     r[12 + q] = __builtin_shufflevector(d23, e23, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
   }
-  (void)sizeof(v16i);
 }
 
 // Channels-last row (W pixels × C channels) → planar rows dst[c·dstride + w], c < C.
