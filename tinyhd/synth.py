@@ -278,19 +278,13 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
                                 .reshape(len(frames_), *size)[..., None], 3, axis=3)
         _write_avi(root / "video" / f"{n:03d}.AVI", frames_)
         ann = root / "annotation" / f"{n:04d}"
-        (ann / "maps").mkdir(parents=True, exist_ok=True)
-        (ann / "fixation").mkdir(parents=True, exist_ok=True)
-        for t in range(len(frames_)):
-            cv2.imwrite(str(ann / "maps" / f"{t + 1:04d}.png"), v.maps[t])
-            cv2.imwrite(str(ann / "fixation" / f"{t + 1:04d}.png"), v.fixations[t].astype(np.uint8) * 255)
+        _write_labels(ann / "maps", ann / "fixation", v)
     manifest = {
         "schema_version": 1,
         "name": "synthetic-dhf1k",
         "title": "tinyhd synthetic saliency set in the DHF1K layout",
         "kind": "labeled",
-        "source": {"generator": f"tinyhd.synth (version {GENERATOR_VERSION})",
-                   "parameters": {"videos": videos, "frames": counts if len(set(counts)) > 1 else counts[0],
-                                  "size": list(size), "seed": seed, "observers": observers}},
+        "source": _generator_source(videos, counts, size, seed, observers),
         "ids": "range",
         "video_id": "{n:03d}",
         "frame_names": "{frame:04d}.png",
@@ -346,20 +340,16 @@ def write_folder_layout(root: str | os.PathLike, kind: str = "ucf", videos: int 
                else f"actionclip{split}{k:05d}")
         folder = root / ("training" if split == "train" else "testing") / vid
         v = generate_video(seed + stream, n, counts[n - 1], size, observers)
-        for sub in ("images", "maps", "fixation"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / "images").mkdir(parents=True, exist_ok=True)
         for t in range(len(v.frames)):
             cv2.imwrite(str(folder / "images" / f"{t + 1:04d}.png"), cv2.cvtColor(v.frames[t], cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(folder / "maps" / f"{t + 1:04d}.png"), v.maps[t])
-            cv2.imwrite(str(folder / "fixation" / f"{t + 1:04d}.png"), v.fixations[t].astype(np.uint8) * 255)
+        _write_labels(folder / "maps", folder / "fixation", v)
     manifest = {
         "schema_version": 1,
         "name": f"synthetic-{manifest_name}",
         "title": f"tinyhd synthetic saliency set in the {title} layout",
         "kind": "labeled",
-        "source": {"generator": f"tinyhd.synth (version {GENERATOR_VERSION})",
-                   "parameters": {"videos": videos, "frames": counts if len(set(counts)) > 1 else counts[0],
-                                  "size": list(size), "seed": seed, "observers": observers}},
+        "source": _generator_source(videos, counts, size, seed, observers),
         "ids": "folder",
         "layout": {"source": "{split_dir}/{id}/images", "maps": "{split_dir}/{id}/maps",
                    "fixations": "{split_dir}/{id}/fixation"},
@@ -369,6 +359,24 @@ def write_folder_layout(root: str | os.PathLike, kind: str = "ucf", videos: int 
     }
     atomic_write_text(root / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))  # written last
     return root
+
+
+def _write_labels(maps_dir: Path, fixation_dir: Path, v) -> None:
+    """One PNG per frame of ``v``'s density maps and binary fixation maps (255 = fixation), 1-based names."""
+    import cv2
+
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    fixation_dir.mkdir(parents=True, exist_ok=True)
+    for t in range(len(v.maps)):
+        cv2.imwrite(str(maps_dir / f"{t + 1:04d}.png"), v.maps[t])
+        cv2.imwrite(str(fixation_dir / f"{t + 1:04d}.png"), v.fixations[t].astype(np.uint8) * 255)
+
+
+def _generator_source(videos: int, counts: list[int], size: tuple[int, int], seed: int, observers: int) -> dict:
+    """The manifest's ``source`` entry of a labelled synthetic set: generator version and parameters."""
+    return {"generator": f"tinyhd.synth (version {GENERATOR_VERSION})",
+            "parameters": {"videos": videos, "frames": counts if len(set(counts)) > 1 else counts[0],
+                           "size": list(size), "seed": seed, "observers": observers}}
 
 
 def _write_avi(path: Path, frames: np.ndarray) -> None:
