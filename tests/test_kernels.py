@@ -172,3 +172,94 @@ def test_optimised_model_can_be_copied_and_saved(kernels, tmp_path):
         torch.save(fast, tmp_path / "fast.pt")
         loaded = torch.load(tmp_path / "fast.pt", weights_only=False)
         torch.testing.assert_close(loaded(clip).saliency, ref, atol=0, rtol=0)
+
+
+def _dw_reference(x, w, go, stride, padding):
+    """Input and weight gradients of a depthwise F.conv3d by autograd, in float64."""
+    xd = x.detach().double().requires_grad_(True)
+    wd = w.detach().double().requires_grad_(True)
+    F.conv3d(xd, wd, stride=stride, padding=padding, groups=x.shape[1]).backward(go.double())
+    return xd.grad, wd.grad
+
+
+def _close(out, ref):
+    scale = ref.abs().max().item() + 1.0
+    torch.testing.assert_close(out, ref.float(), rtol=1e-4, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("c, batch, size, kernel, stride, padding", [
+    (1, 1, (5, 7, 9), (3, 3, 3), (1, 1, 1), (1, 1, 1)),      # 16 pixels per vector (packed lanes)
+    (4, 2, (5, 7, 9), (3, 3, 3), (1, 1, 1), (1, 1, 1)),      # 4 pixels × 4 channels per vector
+    (5, 1, (4, 6, 21), (3, 3, 3), (1, 1, 1), (0, 1, 1)),     # 3 pixels × 5 channels, partial last vectors
+    (4, 1, (5, 7, 9), (3, 3, 3), (1, 2, 2), (1, 1, 1)),      # W stride 2: no packing
+    (14, 1, (5, 7, 9), (2, 3, 3), (2, 1, 1), (0, 1, 1)),     # one masked group of 14 lanes, T↓
+    (17, 2, (5, 7, 9), (1, 3, 3), (1, 2, 2), (0, 1, 1)),     # 16 + 1 channels
+    (56, 1, (4, 6, 150), (3, 3, 3), (2, 2, 2), (1, 1, 1)),   # W·C large: several column chunks
+    (56, 2, (3, 5, 40), (3, 3, 3), (1, 1, 1), (1, 1, 1)),
+    (68, 1, (5, 7, 9), (3, 3, 3), (2, 1, 1), (1, 1, 1)),     # 4 × 16 + 4 channels
+    (14, 1, (1, 3, 3), (3, 3, 3), (1, 1, 1), (1, 1, 1)),     # T = 1: both temporal taps are padding
+    (3, 2, (4, 5, 6), (3, 2, 4), (3, 1, 3), (2, 1, 2)),      # any kernel (kw ≠ 3), stride and padding
+    (20, 1, (3, 4, 11), (2, 2, 2), (1, 1, 2), (0, 0, 1)),
+])
+def test_dw_conv3d_backward_matches_autograd(kernels, c, batch, size, kernel, stride, padding):
+    g = torch.Generator().manual_seed(c * 10 + batch)
+    x = torch.randn(batch, c, *size, generator=g).contiguous(memory_format=CL)
+    w = torch.randn(c, 1, *kernel, generator=g)
+    out_shape = F.conv3d(x, w, stride=stride, padding=padding, groups=c).shape
+    go = torch.randn(out_shape, generator=g).contiguous(memory_format=CL)
+    gi, gw = kernels.dw_conv3d_backward(x, go, w, list(stride), list(padding), True, True)
+    ref_gi, ref_gw = _dw_reference(x, w, go, stride, padding)
+    assert gi.shape == x.shape and gi.is_contiguous(memory_format=CL)
+    assert gw.shape == w.shape and gw.is_contiguous()
+    _close(gi, ref_gi)
+    _close(gw, ref_gw)
+
+
+def test_dw_conv3d_backward_only_what_is_needed_and_any_layout(kernels):
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 6, 4, 5, 7, generator=g), torch.randn(6, 1, 3, 3, 3, generator=g)
+    go = torch.randn(2, 6, 2, 5, 7, generator=g)
+    stride, padding = [2, 1, 1], [1, 1, 1]
+    ref_gi, ref_gw = _dw_reference(x, w, go, stride, padding)
+    gi, gw = kernels.dw_conv3d_backward(x, go, w, stride, padding, True, False)  # contiguous, not channels-last
+    assert gw is None and gi.is_contiguous(memory_format=CL)
+    _close(gi, ref_gi)
+    gi, gw = kernels.dw_conv3d_backward(x.contiguous(memory_format=CL), go.transpose(3, 4).contiguous().transpose(3, 4),
+                                        w, stride, padding, False, True)
+    assert gi is None
+    _close(gw, ref_gw)
+
+
+def test_dw_conv3d_backward_same_bits_for_any_thread_count(kernels):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 20, 4, 16, 24, generator=g).contiguous(memory_format=CL)
+    w, go = torch.randn(20, 1, 3, 3, 3, generator=g), torch.randn(2, 20, 4, 16, 24, generator=g).contiguous(memory_format=CL)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.dw_conv3d_backward(x, go, w, [1, 1, 1], [1, 1, 1], True, True)
+        torch.set_num_threads(2)
+        two = kernels.dw_conv3d_backward(x, go, w, [1, 1, 1], [1, 1, 1], True, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_dw_conv3d_backward_rejects_bad_input(kernels):
+    x = torch.randn(1, 4, 3, 5, 5).contiguous(memory_format=CL)
+    w = torch.randn(4, 1, 3, 3, 3)
+    s, p = [1, 1, 1], [1, 1, 1]
+    with pytest.raises(RuntimeError, match="x must be float32"):
+        kernels.dw_conv3d_backward(x.double(), x, w, s, p, True, True)
+    with pytest.raises(RuntimeError, match="weight must be C×1×kt×kh×kw"):
+        kernels.dw_conv3d_backward(x, x, torch.randn(5, 1, 3, 3, 3), s, p, True, True)
+    with pytest.raises(RuntimeError, match="grad_out has batch × channels"):
+        kernels.dw_conv3d_backward(x, torch.randn(1, 3, 3, 5, 5), w, s, p, True, True)
+    with pytest.raises(RuntimeError, match=r"grad_out size \[1, 4, 3, 4, 5\] does not match the output size \[1, 4, 3, 5, 5\]"):
+        kernels.dw_conv3d_backward(x, torch.randn(1, 4, 3, 4, 5), w, s, p, True, True)
+    with pytest.raises(RuntimeError, match="grad_out size"):  # right for stride 1, wrong for stride 2
+        kernels.dw_conv3d_backward(x, x, w, [1, 2, 2], p, True, True)
+    with pytest.raises(RuntimeError, match="stride and padding need 3 entries"):
+        kernels.dw_conv3d_backward(x, x, w, [1, 1], p, True, True)
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        kernels.dw_conv3d_backward(x, x, torch.randn(4, 1, 3, 9, 3), s, p, True, True)

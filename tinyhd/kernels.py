@@ -59,7 +59,8 @@ def unavailable_reason() -> str | None:
 
 
 def cpu_kernels(verbose: bool = False) -> ModuleType | None:
-    """The compiled kernel module (``fused_irb``, ``shuffle_up_add``), building it on first use; None if unavailable."""
+    """The compiled kernel module (``fused_irb``, ``shuffle_up_add``, ``dw_conv3d_backward``), building it on first
+    use; None if unavailable."""
     with _lock:
         if "module" in _state:
             return _state["module"]  # type: ignore[return-value]
