@@ -97,3 +97,100 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(tmp_path):
     again = _load(ref / "last.pt")
     assert again["state"]["finished"] and again["state"]["step"] == STEPS
     assert all(torch.equal(a["model"][k], again["model"][k]) for k in a["model"])
+
+
+# -- the teacher HD2S (model: hd2s, hd2s_da) -------------------------------------------------------------------------
+#
+# The same kill for the HD2S kinds, through the packaged smoke configs: accumulated steps (2 mini-batches each),
+# Adam, the DA classifiers' Dropout and λ schedule, a checkpoint every 2 steps (hd2s: validation and best.pt too). An
+# HD2S checkpoint with its Adam moments is ~360 MB even at 32×64, so few are written and each version is loaded
+# once. The reference and the killed run go side by side (one core each) to halve the wall time.
+
+HD2S_STEPS = {"hd2s": 4, "hd2s_da": 4}
+HD2S_VAL_EVERY = {"hd2s": 2, "hd2s_da": 0}  # DA: no validation (best.pt), two ~360 MB writes fewer per run
+
+
+def _hd2s_cmd(kind: str, out: Path) -> list[str]:
+    over = {"max_steps": HD2S_STEPS[kind], "checkpoint_every": 2, "val_every": HD2S_VAL_EVERY[kind],
+            "accumulation": 2, "val_videos": 1, "val_clips_per_video": 1, "progress": "false"}
+    return [sys.executable, "-m", "tinyhd", "train", f"{kind}_smoke", "--out", str(out),
+            *[a for k, v in over.items() for a in ("--set", f"{k}={v}")]]
+
+
+def _rows(out: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(HD2S_STEPS))
+def test_hd2s_sigkill_then_rerun_gives_the_uninterrupted_weights(kind, tmp_path):
+    for layout in ("dhf1k", "kinetics"):
+        ensure_synthetic(layout, progress=False)  # built once, outside the runs
+    steps = HD2S_STEPS[kind]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    with open(tmp_path / "ref.err", "w") as err:
+        ref_proc = subprocess.Popen(_hd2s_cmd(kind, ref), env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+    cut_proc = subprocess.Popen(_hd2s_cmd(kind, cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: dict[tuple[int, int], int] = {}  # (inode, mtime) of each last.pt version → its step
+    first = None
+
+    def check_ref() -> None:
+        """Open each new version of the reference's last.pt (an atomic rename gives each a new inode): a
+        truncated file has no zip directory and fails to open (mmap: the ~360 MB are not read)."""
+        try:
+            st = (ref / "last.pt").stat()
+        except FileNotFoundError:
+            return
+        if (st.st_ino, st.st_mtime_ns) not in seen:
+            ckpt = torch.load(ref / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+            assert ckpt["format"] == "hd2s" and set(ckpt) >= {"model", "optimizer", "rng", "state"}
+            seen[st.st_ino, st.st_mtime_ns] = ckpt["step"]
+
+    procs = [ref_proc, cut_proc]
+    deadline = time.monotonic() + 300
+    try:
+        while any(p.poll() is None for p in procs):
+            assert time.monotonic() < deadline, "the runs did not end"
+            if first is None and cut_proc.poll() is None and (cut / "last.pt").is_file():
+                os.kill(cut_proc.pid, signal.SIGKILL)  # right after its first checkpoint
+                cut_proc.wait(timeout=60)
+                assert cut_proc.returncode == -signal.SIGKILL
+                first = torch.load(cut / "last.pt", weights_only=True, mmap=True)  # what the kill left loads
+                assert first["format"] == "hd2s" and 0 < first["step"] < steps, "killed after a checkpoint, early"
+                # rerun the same command (while the reference goes on)
+                procs.append(subprocess.Popen(_hd2s_cmd(kind, cut), env=_env(), stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+            check_ref()  # every version of the reference's last.pt seen on disk is complete
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=60)
+    assert ref_proc.returncode == 0, (tmp_path / "ref.err").read_text()[-2000:]
+    assert first is not None, f"the run ended before writing its first checkpoint (rc {cut_proc.returncode})"
+    assert procs[2].returncode == 0, "the rerun failed"
+    check_ref()
+    assert sorted(set(seen.values())) == [2, steps]  # the mid-run checkpoint and the final one
+
+    a, b = _load(ref / "last.pt"), _load(cut / "last.pt")
+    assert a["step"] == b["step"] == steps and b["state"]["finished"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    # Adam's moments too (and each parameter's step count): the runs are the same run
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["step"], sb["step"]) and int(sb["step"]) == steps
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    if HD2S_VAL_EVERY[kind]:  # best.pt: the same validation, the same weights
+        best_a, best_b = _load(ref / "best.pt"), _load(cut / "best.pt")
+        assert best_a["val_kl"] == best_b["val_kl"] and all(torch.equal(best_a["model"][k], best_b["model"][k])
+                                                             for k in best_a["model"])
+        assert [r["step"] for r in _rows(cut) if r["kind"] == "val"] == list(range(2, steps + 1, 2))
+    assert not list(cut.glob(".*.tmp")), "no temporary files left behind"
+    # the log has each step exactly once, with the uninterrupted run's values (losses, λ, validation)
+    assert [r["step"] for r in _rows(cut) if r["kind"] == "train"] == list(range(1, steps + 1))
+    assert _rows(cut) == _rows(ref)
