@@ -184,11 +184,32 @@ def spatial_conv_name(features: nn.Sequential, index: int) -> str:
 
 
 def pixel_shuffle_frames(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """2× pixel shuffle applied frame by frame: B×C×T×H×W → B×(C/4)×T×2H×2W (``nn.PixelShuffle`` order)."""
+    """2× pixel shuffle applied frame by frame: B×C×T×H×W → B×(C/4)×T×2H×2W (``nn.PixelShuffle`` order).
+
+    A channels-last input gives a channels-last output (:func:`pixel_shuffle_frames_cl`, same values)."""
     b, c, t, h, w = x.shape
+    if not x.is_contiguous() and x.permute(0, 2, 3, 4, 1).is_contiguous():
+        return pixel_shuffle_frames_cl(x, factor)
     # fold T into the batch: a 5-D input with T=H=W=1 has ambiguous strides that pixel_shuffle rejects
     y = nn.functional.pixel_shuffle(x.transpose(1, 2).reshape(b * t, c, h, w), factor)  # (B·T)×(C/f²)×fH×fW
     return y.reshape(b, t, c // factor**2, h * factor, w * factor).transpose(1, 2)
+
+
+def pixel_shuffle_frames_cl(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """:func:`pixel_shuffle_frames` for channels-last input: B×C×T×H×W → B×C/r²×T×rH×rW, channels-last.
+
+    Output channel c at sub-pixel (i, j) comes from input channel c·r² + i·r + j (``nn.PixelShuffle`` order).
+    One copy, written in channels-last order.
+    """
+    b, c, t, h, w = x.shape
+    r = factor
+    if c % (r * r):
+        raise ValueError(f"pixel shuffle by {r} needs channels divisible by {r * r}, got {c}")
+    y = x.permute(0, 2, 3, 4, 1)                                      # B×T×H×W×C (a view when channels-last)
+    y = y.reshape(b, t, h, w, c // (r * r), r, r)                     # …×c'×i×j
+    y = y.permute(0, 1, 2, 5, 3, 6, 4)                                # B×T×H×i×W×j×c'
+    y = y.reshape(b, t, h * r, w * r, c // (r * r))                   # the one copy
+    return y.permute(0, 4, 1, 2, 3)                                   # B×c'×T×rH×rW, channels-last
 
 
 class PixelShuffle3d(nn.Module):

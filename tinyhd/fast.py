@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyhd.errors import UserError
+from tinyhd.encoder import pixel_shuffle_frames_cl
 
 __all__ = ["fold_batchnorm", "optimize_for_inference", "keep_freed_memory", "TemporalUpsample2x", "SpatialUpsample2x", "FusedConv3d", "FusedIRB", "fused_irb_pays", "up_add", "linear_fusion", "ChannelsLastPixelShuffle3d",
            "pixel_shuffle_frames_cl"]
@@ -147,23 +148,6 @@ class FusedConv3d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
                 f"stride={tuple(self.stride)}, groups={self.groups}, relu6={self.relu6}")
-
-
-def pixel_shuffle_frames_cl(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """``tinyhd.encoder.pixel_shuffle_frames`` for channels-last input: B×C×T×H×W → B×C/r²×T×rH×rW.
-
-    Output channel c at sub-pixel (i, j) comes from input channel c·r² + i·r + j (``nn.PixelShuffle`` order).
-    One copy, written in channels-last order.
-    """
-    b, c, t, h, w = x.shape
-    r = factor
-    if c % (r * r):
-        raise ValueError(f"pixel shuffle by {r} needs channels divisible by {r * r}, got {c}")
-    y = x.permute(0, 2, 3, 4, 1)                                      # B×T×H×W×C (a view when channels-last)
-    y = y.reshape(b, t, h, w, c // (r * r), r, r)                     # …×c'×i×j
-    y = y.permute(0, 1, 2, 5, 3, 6, 4)                                # B×T×H×i×W×j×c'
-    y = y.reshape(b, t, h * r, w * r, c // (r * r))                   # the one copy
-    return y.permute(0, 4, 1, 2, 3)                                   # B×c'×T×rH×rW, channels-last
 
 
 class ChannelsLastPixelShuffle3d(nn.Module):

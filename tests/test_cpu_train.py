@@ -1,0 +1,156 @@
+"""tinyhd.cpu_train: the channels-last CPU training path computes PyTorch's default step (loss, gradients, BN
+buffers) up to float32 rounding, and leaves the model as it found it."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tinyhd
+from tinyhd.cpu_train import BatchNormAct3d, DepthwiseConv3d, batch_norm_act, cpu_training, depthwise_conv3d
+
+CL = torch.channels_last_3d
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> None:
+    a, b = a.detach(), b.detach()
+    scale = b.abs().max().clamp_min(1e-6)
+    assert float((a - b).abs().max() / scale) < rtol, float((a - b).abs().max() / scale)
+
+
+def _need_kernel(name: str) -> None:
+    from tinyhd.kernels import cpu_kernels
+
+    k = cpu_kernels()
+    if k is None or not hasattr(k, name):
+        pytest.skip(f"the C++ kernels ({name}) are not built on this machine")
+
+
+@pytest.mark.parametrize("C", [1, 2, 4, 14, 56, 68])
+@pytest.mark.parametrize("act", [True, False])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_batch_norm_act_matches_batchnorm3d_then_relu6(C, act, momentum, use_kernels):
+    if use_kernels:
+        _need_kernel("bn_act_forward")
+    torch.manual_seed(C)
+    ref = nn.BatchNorm3d(C, momentum=momentum)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2.0)
+        ref.bias.uniform_(-1.0, 1.0)
+        ref.running_mean.uniform_(-1, 1)
+    ours = copy.deepcopy(ref)
+    T = 1 if C == 14 else 3  # T = 1: strides that are both contiguous and channels-last in T
+    x = (torch.randn(2, C, T, 6, 8) * 3 + 5).contiguous(memory_format=CL)  # offset mean: a cancellation check
+    g = torch.randn(2, C, T, 6, 8)                                          # contiguous, unlike x
+    if C == 2:
+        g = torch.randn(2, C, T, 6, 1).expand(2, C, T, 6, 8)                # expanded: stride 0 in W
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = ref(xa)
+    ya = F.relu6(ya) if act else ya
+    yb = batch_norm_act(xb, ours, act, use_kernels)
+    assert yb.is_contiguous(memory_format=CL)
+    _close(yb, ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    _close(xb.grad, xa.grad)
+    _close(ours.weight.grad, ref.weight.grad)
+    _close(ours.bias.grad, ref.bias.grad)
+    for name in ("running_mean", "running_var"):
+        _close(getattr(ours, name), getattr(ref, name), 1e-5)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("stride,padding,kernel", [((1, 1, 1), (1, 1, 1), (3, 3, 3)), ((2, 1, 1), (1, 1, 1), (3, 3, 3)),
+                                                   ((1, 2, 2), (0, 1, 1), (2, 3, 3)), ((2, 2, 2), (1, 1, 1), (3, 3, 3)),
+                                                   ((1, 1, 1), (0, 1, 1), (1, 3, 3))])
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_depthwise_conv3d_gradients(stride, padding, kernel, use_kernels):
+    if use_kernels:
+        _need_kernel("dw_conv3d_backward")
+    torch.manual_seed(0)
+    C = 20
+    x = torch.randn(2, C, 5, 7, 9).contiguous(memory_format=CL)
+    w = torch.randn(C, 1, *kernel)
+    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ya = F.conv3d(xa, wa, None, stride, padding, 1, C)
+    yb = depthwise_conv3d(xb, wb, stride, padding, use_kernels)
+    _close(yb, ya)
+    g = torch.randn_like(ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    _close(xb.grad, xa.grad)
+    _close(wb.grad, wa.grad)
+
+
+def _step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    loss = out.saliency.mean() + sum((m * m).mean() for m in out.maps)
+    loss.backward()
+    return loss.detach()
+
+
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_a_tinyhd_step_matches_the_default_path(use_kernels):
+    torch.manual_seed(0)
+    ref = tinyhd.TinyHD(output="multi", reduction=4).train()
+    ours, ref_cl, ref64 = copy.deepcopy(ref), copy.deepcopy(ref), copy.deepcopy(ref).double()
+    x = torch.randn(2, 3, 16, 64, 96)
+    loss_a = _step(ref, x)
+    _step(ref64, x.double())
+    _step(ref_cl.to(memory_format=CL), x.contiguous(memory_format=CL))   # PyTorch's own channels-last path
+    with cpu_training(ours, use_kernels=use_kernels) as m:
+        kinds = {type(mod) for mod in m.modules()}
+        assert DepthwiseConv3d in kinds and BatchNormAct3d in kinds
+        assert all(p.is_contiguous(memory_format=CL) for p in m.parameters() if p.dim() == 5)
+        loss_b = _step(m, x.contiguous(memory_format=CL))
+    _close(loss_b, loss_a, 1e-5)
+    # float32 rounding already moves PyTorch's gradients by up to ~2 % of the early encoder layers' (measured
+    # against a float64 step), so ours are held to the float64 step with PyTorch's own float32 error as the
+    # yardstick: at most 4× the larger of the default and channels-last paths' error, plus 1e-5 of the largest
+    # gradient for the ones that vanish analytically (a bias before a BatchNorm). A wrong BN or depthwise
+    # backward is off by the size of the gradients themselves.
+    pa, pb, pc, p64 = (dict(m_.named_parameters()) for m_ in (ref, ours, ref_cl, ref64))
+    scale = max(float(p.grad.abs().max()) for p in p64.values())
+    assert scale > 1e-2
+    for name, p in p64.items():
+        g64 = p.grad.float()
+        err = {k: float((d[name].grad - g64).abs().max()) for k, d in (("ours", pb), ("default", pa), ("cl", pc))}
+        assert err["ours"] <= 4 * max(err["default"], err["cl"]) + 1e-5 * scale, (name, err)
+    sa, sb = ref.state_dict(), ours.state_dict()
+    assert list(sa) == list(sb)
+    for name, t in sa.items():
+        if t.is_floating_point():  # running means of zero-mean channels are ~1e-9 of rounding in both paths
+            assert torch.allclose(sb[name], t, rtol=1e-4, atol=1e-6), name
+        else:
+            assert torch.equal(sb[name], t), name
+    # restored: plain module classes, contiguous parameters, and the same function in eval mode
+    assert {type(mod) for mod in ours.modules()} == {type(mod) for mod in ref.modules()}
+    assert all(p.is_contiguous() for p in ours.parameters())
+    ref.eval(), ours.eval()
+    with torch.no_grad():
+        _close(ours(x[:1]).saliency, ref(x[:1]).saliency, 1e-4)
+
+
+def test_classes_are_restored_after_an_error():
+    model = tinyhd.TinyHD(output="single", reduction=4)
+    before = [type(m) for m in model.modules()]
+    with pytest.raises(RuntimeError, match="boom"):
+        with cpu_training(model):
+            raise RuntimeError("boom")
+    assert [type(m) for m in model.modules()] == before
+
+
+def test_eval_and_contiguous_inputs_take_pytorchs_path():
+    torch.manual_seed(0)
+    model = tinyhd.TinyHD(output="single", reduction=4)
+    ref = copy.deepcopy(model).eval()
+    x = torch.randn(1, 3, 16, 64, 96)
+    with cpu_training(model) as m:
+        m.eval()
+        with torch.no_grad():
+            _close(m(x).saliency, ref(x).saliency, 1e-5)               # eval: running stats, clamp kept
