@@ -154,7 +154,8 @@ class TrainConfig:
     num_workers: int = 0
     num_threads: int | None = None        # torch.set_num_threads on CPU
     cpu_fast_path: bool = True            # CPU, TinyHD: train in channels-last memory with the C++ backward kernels
-                                          # (tinyhd.cpu_train): the same gradients up to float rounding, ~4× faster
+                                          # (tinyhd.cpu_train) and glibc keeping freed pages (fast.keep_freed_memory):
+                                          # the same gradients up to float rounding, ~7× faster steps
     checkpoint_every: int = 200           # steps between mid-epoch checkpoints
     log_every: int = 1
     progress: bool = True
@@ -992,7 +993,9 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
     model.to(device).train()
     if _uses_cpu_fast_path(cfg, device):  # before the optimizer and DDP see the parameters (restrided in place)
         from tinyhd.cpu_train import cpu_training
+        from tinyhd.fast import keep_freed_memory
 
+        keep_freed_memory()  # reuse activation pages across steps (process-wide): 4.0 → 2.4 s per M step
         stack.enter_context(cpu_training(model))
     teacher = teacher if teacher is not None else build_teacher(cfg, device)
     if cfg.distill_on != "none" and teacher is None:
@@ -1103,6 +1106,11 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
             state["step_in_epoch"] += 1
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
+                if world > 1:  # the global batch's losses, not rank 0's share (every rank reaches this line)
+                    names = sorted(sums)
+                    t = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=device)
+                    dist.all_reduce(t)
+                    sums = dict(zip(names, (t / world).tolist()))
                 n = i % A + 1  # losses are summed over the step's mini-batches; λ and accuracy are averaged
                 row = {"kind": "train", "epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[lr_group]["lr"],
                        **{k: v / n if k in ("lambda", "domain_acc") else v for k, v in sums.items()}}

@@ -863,6 +863,121 @@ void lane_sums(int64_t total, int64_t L, int64_t C, std::vector<double>& out0, s
     }
 }
 
+// The same sums with the lane accumulators in registers, for L = 16·NV floats per row (NV ≤ 7: C = 1, 2, 4, 8,
+// 16 → NV 1; 3, 6, 12, 24, 48 → 3; 7, 14, 28, 56, 112 → 7; ...). kind 0: Σ(x − shift), Σ(x − shift)²;
+// kind 1: Σg', Σg'·x with g' = g where 0 < a·x + b < 6 (act) else 0 — the BN+ReLU6 backward's sums.
+template <int NV, int kind>
+void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, int64_t L, const float* p0,
+                    const float* p1, bool act, double* out0, double* out1) {
+  __m512 s0[NV], s1[NV], v0[NV], v1[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    s0[v] = _mm512_setzero_ps();
+    s1[v] = _mm512_setzero_ps();
+    v0[v] = _mm512_loadu_ps(p0 + 16 * v);
+    v1[v] = kind == 1 ? _mm512_loadu_ps(p1 + 16 * v) : _mm512_setzero_ps();
+  }
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = xp + r * L;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __m512 x = _mm512_loadu_ps(xr + 16 * v);
+      if (kind == 0) {
+        const __m512 d = _mm512_sub_ps(x, v0[v]);
+        s0[v] = _mm512_add_ps(s0[v], d);
+        s1[v] = _mm512_fmadd_ps(d, d, s1[v]);
+      } else {
+        __m512 g = _mm512_loadu_ps(gp + r * L + 16 * v);
+        if (act) {
+          const __m512 y = _mm512_fmadd_ps(x, v0[v], v1[v]);
+          const __mmask16 keep = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(y, six, _CMP_LT_OQ);
+          g = _mm512_maskz_mov_ps(keep, g);
+        }
+        s0[v] = _mm512_add_ps(s0[v], g);
+        s1[v] = _mm512_fmadd_ps(g, x, s1[v]);
+      }
+    }
+  }
+  alignas(64) float t0[16], t1[16];
+  for (int v = 0; v < NV; ++v) {
+    _mm512_store_ps(t0, s0[v]);
+    _mm512_store_ps(t1, s1[v]);
+    for (int j = 0; j < 16; ++j) {
+      out0[16 * v + j] += t0[j];
+      out1[16 * v + j] += t1[j];
+    }
+  }
+}
+
+// Per-channel sums (double) for kind 0 (forward) or 1 (backward); chunks of kChunkRows rows, summed in order.
+template <int kind>
+void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t C, const float* p0,
+             const float* p1, bool act, std::vector<double>& out0, std::vector<double>& out1) {
+  const int64_t NV = L / 16;
+  if (NV > 7) {  // wide rows: the generic loop
+    if (kind == 0)
+      lane_sums(total, L, C, out0, out1, [&](int64_t j, int64_t i, float* a0, float* a1) {
+        const float d = xp[i] - p0[j];
+        a0[j] += d;
+        a1[j] += d * d;
+      });
+    else
+      lane_sums(total, L, C, out0, out1, [&](int64_t j, int64_t i, float* a0, float* a1) {
+        const float xv = xp[i];
+        float g = gp[i];
+        if (act) {
+          const float y = xv * p0[j] + p1[j];
+          g = (y > 0.f && y < 6.f) ? g : 0.f;
+        }
+        a0[j] += g;
+        a1[j] += g * xv;
+      });
+    return;
+  }
+  const int64_t rows = total / L, tail = total - rows * L;
+  const int64_t nchunks = (rows + kChunkRows - 1) / kChunkRows;
+  std::vector<double> part0((nchunks + 1) * L, 0.0), part1((nchunks + 1) * L, 0.0);
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t r0 = ch * kChunkRows, r1 = std::min(rows, r0 + kChunkRows);
+      double* o0 = part0.data() + ch * L;
+      double* o1 = part1.data() + ch * L;
+      switch (NV) {
+#define BN_CASE(n) case n: lane_sums_rows<n, kind>(xp, gp, r0, r1, L, p0, p1, act, o0, o1); break;
+        BN_CASE(1) BN_CASE(2) BN_CASE(3) BN_CASE(4) BN_CASE(5) BN_CASE(6) BN_CASE(7)
+#undef BN_CASE
+      }
+    }
+  });
+  double* o0 = part0.data() + nchunks * L;  // the tail: the last total % L floats
+  double* o1 = part1.data() + nchunks * L;
+  for (int64_t j = 0; j < tail; ++j) {
+    const int64_t i = rows * L + j;
+    if (kind == 0) {
+      const double d = xp[i] - p0[j];
+      o0[j] += d;
+      o1[j] += d * d;
+    } else {
+      const float xv = xp[i];
+      float g = gp[i];
+      if (act) {
+        const float y = xv * p0[j] + p1[j];
+        g = (y > 0.f && y < 6.f) ? g : 0.f;
+      }
+      o0[j] += g;
+      o1[j] += static_cast<double>(g) * xv;
+    }
+  }
+  out0.assign(C, 0.0);
+  out1.assign(C, 0.0);
+  for (int64_t ch = 0; ch <= nchunks; ++ch)
+    for (int64_t j = 0; j < L; ++j) {
+      out0[j % C] += part0[ch * L + j];
+      out1[j % C] += part1[ch * L + j];
+    }
+}
+
 }  // namespace bn_detail
 
 std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -880,22 +995,18 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
   for (int64_t j = 0; j < L; ++j) shiftL[j] = xp[j % C];  // row 0: a value of each channel
   const float* sh = shiftL.data();
   std::vector<double> s1, s2;
-  lane_sums(total, L, C, s1, s2, [&](int64_t j, int64_t i, float* a0, float* a1) {
-    const float d = xp[i] - sh[j];
-    a0[j] += d;
-    a1[j] += d * d;
-  });
+  bn_sums<0>(xp, nullptr, total, L, C, sh, nullptr, act, s1, s2);
   at::Tensor mean = at::empty({C}, x.options()), var = at::empty({C}, x.options());
   std::vector<float> aL(L), bL(L);
   const float* w = weight.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
+  float* mp = mean.data_ptr<float>();
+  float* vp = var.data_ptr<float>();
   for (int64_t c = 0; c < C; ++c) {
     const double m = s1[c] / M, v = std::max(s2[c] / M - m * m, 0.0);
-    mean[c] = static_cast<float>(m + shiftL[c]);
-    var[c] = static_cast<float>(v);
+    mp[c] = static_cast<float>(m + shiftL[c]);
+    vp[c] = static_cast<float>(v);
   }
-  const float* mp = mean.data_ptr<float>();
-  const float* vp = var.data_ptr<float>();
   for (int64_t j = 0; j < L; ++j) {
     const int64_t c = j % C;
     const float a = w[c] / std::sqrt(vp[c] + static_cast<float>(eps));
@@ -903,6 +1014,7 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
     bL[j] = b[c] - mp[c] * a;
   }
   at::Tensor y = at::empty_like(x);
+  advise_huge_pages(y);  // first-touch faults of a fresh tensor cost as much as the pass itself
   float* yp = y.data_ptr<float>();
   const float* ap = aL.data();
   const float* bp = bL.data();
@@ -951,23 +1063,16 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
   const float* ap = aL.data();
   const float* bp = bL.data();
   std::vector<double> s1, sgx;
-  lane_sums(total, L, C, s1, sgx, [&](int64_t j, int64_t i, float* a0, float* a1) {
-    const float xv = xp[i];
-    float g = gp[i];
-    if (act) {
-      const float y = xv * ap[j] + bp[j];
-      g = (y > 0.f && y < 6.f) ? g : 0.f;
-    }
-    a0[j] += g;
-    a1[j] += g * xv;
-  });
+  bn_sums<1>(xp, gp, total, L, C, ap, bp, act, s1, sgx);
   at::Tensor gw = at::empty({C}, x.options()), gb = at::empty({C}, x.options());
+  float* gwp = gw.data_ptr<float>();
+  float* gbp = gb.data_ptr<float>();
   std::vector<float> c2L(L), c3L(L);
   std::vector<double> c2(C), c3(C);
   for (int64_t c = 0; c < C; ++c) {
     const double inv = ip[c], s2 = inv * (sgx[c] - mp[c] * s1[c]);   // Σ g x̂
-    gw[c] = static_cast<float>(s2);
-    gb[c] = static_cast<float>(s1[c]);
+    gwp[c] = static_cast<float>(s2);
+    gbp[c] = static_cast<float>(s1[c]);
     c2[c] = -w[c] * inv * inv * s2 / M;
     c3[c] = -c2[c] * mp[c] - w[c] * inv * s1[c] / M;
   }
@@ -976,6 +1081,7 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
     c3L[j] = static_cast<float>(c3[j % C]);
   }
   at::Tensor gx = at::empty_like(x);
+  advise_huge_pages(gx);
   float* op = gx.data_ptr<float>();
   const float* c2p = c2L.data();
   const float* c3p = c3L.data();
