@@ -11,18 +11,20 @@ Uses the reduced-scale teacher (``ensure_reduced_teacher``: built once and cache
     python benchmarks/distill_step.py [--output multi|single] [--batch 2] [--repeats 3] [--threads 2]
     python benchmarks/distill_step.py --size 192x256 --videos 1 --repeats 1     # the paper's resolution
 
-Measured on the shared 2-core CI CPU (load 3–9, 1 thread, TinyHD-M, batch 2; 2026-11-21):
+Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 threads, median of 3
+(``--size 192x256 --videos 1``; 2026-11-21, machine otherwise idle):
 
-* 64×96, median of 3: cached 4.1 s/step, on the fly 15.2 s/step → **3.7×** per step; teacher maps alone
-  8.5 ms vs 11.1 s (**1,306×**).
-* 192×256, 1 repeat: cached 27.0 s/step, on the fly 55.6 s/step → **2.1×** per step; teacher maps 31 ms vs
-  39.4 s (**1,254×**).
+* with the trainer's CPU path (``--train-path fast``: :mod:`tinyhd.cpu_train` + ``keep_freed_memory``):
+  cached **2.08 s**/step, on the fly 17.3 s/step → **8.3×** per step; teacher maps alone 12 ms vs 15.1 s
+  (**1,241×**). The goal of 10× per step is not reached on this CPU: it would need the student's step at
+  ≤ 1.7 s.
+* before tinyhd.cpu_train existed (PyTorch's default training path, earlier run under load 3–9, 1 thread):
+  cached 27.0 s/step, on the fly 55.6 s/step → 2.1×.
 
-So the cache removes the teacher's cost entirely (the ≥ 10× goal holds for the teacher part by three orders of
-magnitude), but on this CPU a whole step is dominated by the student's own forward/backward (TinyHD's depthwise
-3D convolutions are slow on CPU), so the per-step gain is 2–4×; on a GPU, where the student step is cheap, the
-per-step ratio approaches the teacher-map ratio. Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S):
-mean |Δ| 0.0017, CC 0.80–0.83.
+The cache removes the teacher's cost (three orders of magnitude for the maps); what is left of a step is the
+student's own forward/backward, which on a GPU is milliseconds, so there the per-step ratio approaches the
+teacher-map ratio (not measured: no GPU was available). Flip by mirroring vs HD2S on the mirrored clip (reduced
+HD2S): mean |Δ| 0.0009, CC 0.9998 at 192×256 (0.0017 and 0.80–0.83 at 64×96).
 """
 from __future__ import annotations
 
