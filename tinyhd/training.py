@@ -802,7 +802,9 @@ def validate(model: nn.Module, val_ds: Dataset, cfg: TrainConfig, device: torch.
                     scores["nss"].append(metrics.nss(pred[b, t], fix[b, t]))
     model.train(was_training)
     result = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
-    result.update({k: float(np.nanmean(v)) if v else float("nan") for k, v in scores.items()})
+    # a metric can be NaN on every frame (e.g. CC of a constant map from a fresh model): NaN, without numpy's
+    # "Mean of empty slice" warning
+    result.update({k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in scores.items()})
     return result
 
 
