@@ -14,10 +14,11 @@ Uses the reduced-scale teacher (``ensure_reduced_teacher``: built once and cache
 Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 threads, median of 3
 (``--size 192x256 --videos 1``; 2026-11-21, machine otherwise idle):
 
-* with the trainer's CPU path (``--train-path fast``: :mod:`tinyhd.cpu_train` + ``keep_freed_memory``):
-  cached **2.08 s**/step, on the fly 17.3 s/step → **8.3×** per step; teacher maps alone 12 ms vs 15.1 s
-  (**1,241×**). The goal of 10× per step is not reached on this CPU: it would need the student's step at
-  ≤ 1.7 s.
+* with the trainer's CPU path (``--train-path fast``: :mod:`tinyhd.cpu_train` + ``keep_freed_memory``), three
+  runs: cached 1.95 / 2.07 / 1.90 s per step, on the fly 20.9 / 15.7 / 17.0 s per step → **10.7× / 7.6× / 8.9×**
+  per step (the on-the-fly teacher's time varies most, 14–19 s for its 32 HD2S windows). Teacher maps alone:
+  10–15 ms vs 14–19 s (**~1,000–2,000×**). So the 10× goal per step is at the edge on this CPU and not met
+  reliably: the student's own step would have to be ≤ ~1.5 s.
 * before tinyhd.cpu_train existed (PyTorch's default training path, earlier run under load 3–9, 1 thread):
   cached 27.0 s/step, on the fly 55.6 s/step → 2.1×.
 

@@ -94,10 +94,10 @@ def _step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return loss.detach()
 
 
-@pytest.mark.parametrize("use_kernels", [False, True])
-def test_a_tinyhd_step_matches_the_default_path(use_kernels):
+@pytest.mark.parametrize("use_kernels,reduction", [(False, 4), (True, 4), (True, 1)])
+def test_a_tinyhd_step_matches_the_default_path(use_kernels, reduction):
     torch.manual_seed(0)
-    ref = tinyhd.TinyHD(output="multi", reduction=4).train()
+    ref = tinyhd.TinyHD(output="multi", reduction=reduction).train()
     ours, ref_cl, ref64 = copy.deepcopy(ref), copy.deepcopy(ref), copy.deepcopy(ref).double()
     x = torch.randn(2, 3, 16, 64, 96)
     loss_a = _step(ref, x)
@@ -109,6 +109,9 @@ def test_a_tinyhd_step_matches_the_default_path(use_kernels):
         assert all(p.is_contiguous(memory_format=CL) for p in m.parameters() if p.dim() == 5)
         loss_b = _step(m, x.contiguous(memory_format=CL))
     _close(loss_b, loss_a, 1e-5)
+    # (Run at the suite's one thread. On two threads oneDNN's own rounding moves: the worst parameter here,
+    # encoder.features.15.conv.0.0.weight, is off by 1.2e-4 of |g| 9.1e-4 in PyTorch's channels-last path on one
+    # thread and in ours on two, by ~1e-5 otherwise.)
     # float32 rounding already moves PyTorch's gradients by up to ~2 % of the early encoder layers' (measured
     # against a float64 step), so ours are held to the float64 step with PyTorch's own float32 error as the
     # yardstick: at most 4× the larger of the default and channels-last paths' error, plus 1e-5 of the largest

@@ -21,8 +21,11 @@ oneDNN's *backward* of the depthwise 3D convolutions and of the 1×1×1 convolut
 Measured on this repo's 2-core Zen 4 CPU (TinyHD-M, batch 2, 16×192×256, SGD step, 2 threads; 2026-11-21):
 PyTorch's default path 16.9 s per step → channels-last 11.8 s → + the depthwise backward kernel 4.2 s → + the
 BatchNorm kernel 3.4–3.9 s → + :func:`tinyhd.fast.keep_freed_memory` (the trainer calls it on a CPU: activation
-pages are reused instead of re-faulted every step) **2.4 s**, i.e. ~7× faster. Plain ``nn.Conv3d`` layers only
-get channels-last inputs (:class:`ChannelsLastConv3d`); Up_t/Up_s stay PyTorch's trilinear ``nn.Upsample``.
+pages are reused instead of re-faulted every step) 2.1 s → + Up_t as a matrix product over the frames
+(:class:`tinyhd.fast.TemporalUpsample2x`, which PyTorch differentiates like the trilinear ``nn.Upsample``)
+**1.8 s**, i.e. ~9× faster. Plain ``nn.Conv3d`` layers only get channels-last inputs
+(:class:`ChannelsLastConv3d`); Up_s stays PyTorch's trilinear ``nn.Upsample`` (with both Up_t and Up_s swapped,
+a ×¼ model's gradients came out wrong on one thread — not understood, so not done).
 
 Module classes are swapped (``__class__``), not replaced, so names, parameters and state dicts are untouched
 and checkpoints written during training are ordinary TinyHD checkpoints. ``tests/test_cpu_train.py`` checks
@@ -202,8 +205,7 @@ class _BatchNormActFn(torch.autograd.Function):
                 y = torch.addcmul(_tile(b, L), v, _tile(a, L))
                 g = g * ((y > 0) & (y < 6))                                  # d ReLU6 (0 at the clamps)
             s1 = _fold(g.sum(0), C)                                          # Σ g_y
-            sgx = _fold((g * v).sum(0), C)                                   # Σ g_y x
-            s2 = invstd * (sgx - mean * s1)                                  # Σ g_y x̂
+            s2 = invstd * _fold((g * (v - _tile(mean, L))).sum(0), C)        # Σ g_y x̂ (centred: no cancellation)
             gw, gb = s2, s1
             c2 = -weight * invstd * invstd * s2 / M
             c3 = -c2 * mean - a * s1 / M
@@ -277,9 +279,13 @@ def cpu_training(model: nn.Module, use_kernels: bool = True) -> Iterator[nn.Modu
         swapped.append((mod, type(mod)))
         mod.__class__ = cls
 
+    from tinyhd.fast import TemporalUpsample2x, _is_up_t
+
     try:
         for mod in model.modules():
-            if type(mod) is nn.Conv3d and _is_plain_depthwise(mod):
+            if _is_up_t(mod):
+                swap(mod, TemporalUpsample2x)
+            elif type(mod) is nn.Conv3d and _is_plain_depthwise(mod):
                 swap(mod, DepthwiseConv3d)
                 mod.use_kernels = use_kernels
             elif type(mod) is nn.Conv3d:

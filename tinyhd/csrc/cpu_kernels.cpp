@@ -865,17 +865,18 @@ void lane_sums(int64_t total, int64_t L, int64_t C, std::vector<double>& out0, s
 
 // The same sums with the lane accumulators in registers, for L = 16·NV floats per row (NV ≤ 7: C = 1, 2, 4, 8,
 // 16 → NV 1; 3, 6, 12, 24, 48 → 3; 7, 14, 28, 56, 112 → 7; ...). kind 0: Σ(x − shift), Σ(x − shift)²;
-// kind 1: Σg', Σg'·x with g' = g where 0 < a·x + b < 6 (act) else 0 — the BN+ReLU6 backward's sums.
+// kind 1: Σg', Σg'·(x − mean) with g' = g where 0 < a·x + b < 6 (act) else 0 — the BN+ReLU6 backward's sums.
 template <int NV, int kind>
 void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, int64_t L, const float* p0,
-                    const float* p1, bool act, double* out0, double* out1) {
-  __m512 s0[NV], s1[NV], v0[NV], v1[NV];
+                    const float* p1, const float* p2, bool act, double* out0, double* out1) {
+  __m512 s0[NV], s1[NV], v0[NV], v1[NV], v2[NV];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) {
     s0[v] = _mm512_setzero_ps();
     s1[v] = _mm512_setzero_ps();
     v0[v] = _mm512_loadu_ps(p0 + 16 * v);
     v1[v] = kind == 1 ? _mm512_loadu_ps(p1 + 16 * v) : _mm512_setzero_ps();
+    v2[v] = kind == 1 ? _mm512_loadu_ps(p2 + 16 * v) : _mm512_setzero_ps();
   }
   const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
   for (int64_t r = r0; r < r1; ++r) {
@@ -895,7 +896,7 @@ void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, in
           g = _mm512_maskz_mov_ps(keep, g);
         }
         s0[v] = _mm512_add_ps(s0[v], g);
-        s1[v] = _mm512_fmadd_ps(g, x, s1[v]);
+        s1[v] = _mm512_fmadd_ps(g, _mm512_sub_ps(x, v2[v]), s1[v]);   // centred: no cancellation with mean·Σg
       }
     }
   }
@@ -913,7 +914,7 @@ void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, in
 // Per-channel sums (double) for kind 0 (forward) or 1 (backward); chunks of kChunkRows rows, summed in order.
 template <int kind>
 void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t C, const float* p0,
-             const float* p1, bool act, std::vector<double>& out0, std::vector<double>& out1) {
+             const float* p1, const float* p2, bool act, std::vector<double>& out0, std::vector<double>& out1) {
   const int64_t NV = L / 16;
   if (NV > 7) {  // wide rows: the generic loop
     if (kind == 0)
@@ -931,7 +932,7 @@ void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t
           g = (y > 0.f && y < 6.f) ? g : 0.f;
         }
         a0[j] += g;
-        a1[j] += g * xv;
+        a1[j] += g * (xv - p2[j]);
       });
     return;
   }
@@ -944,7 +945,7 @@ void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t
       double* o0 = part0.data() + ch * L;
       double* o1 = part1.data() + ch * L;
       switch (NV) {
-#define BN_CASE(n) case n: lane_sums_rows<n, kind>(xp, gp, r0, r1, L, p0, p1, act, o0, o1); break;
+#define BN_CASE(n) case n: lane_sums_rows<n, kind>(xp, gp, r0, r1, L, p0, p1, p2, act, o0, o1); break;
         BN_CASE(1) BN_CASE(2) BN_CASE(3) BN_CASE(4) BN_CASE(5) BN_CASE(6) BN_CASE(7)
 #undef BN_CASE
       }
@@ -966,7 +967,7 @@ void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t
         g = (y > 0.f && y < 6.f) ? g : 0.f;
       }
       o0[j] += g;
-      o1[j] += static_cast<double>(g) * xv;
+      o1[j] += static_cast<double>(g) * (xv - p2[j]);
     }
   }
   out0.assign(C, 0.0);
@@ -995,7 +996,7 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
   for (int64_t j = 0; j < L; ++j) shiftL[j] = xp[j % C];  // row 0: a value of each channel
   const float* sh = shiftL.data();
   std::vector<double> s1, s2;
-  bn_sums<0>(xp, nullptr, total, L, C, sh, nullptr, act, s1, s2);
+  bn_sums<0>(xp, nullptr, total, L, C, sh, nullptr, nullptr, act, s1, s2);
   at::Tensor mean = at::empty({C}, x.options()), var = at::empty({C}, x.options());
   std::vector<float> aL(L), bL(L);
   const float* w = weight.data_ptr<float>();
@@ -1062,15 +1063,17 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
   const float* gp = grad_y.data_ptr<float>();
   const float* ap = aL.data();
   const float* bp = bL.data();
-  std::vector<double> s1, sgx;
-  bn_sums<1>(xp, gp, total, L, C, ap, bp, act, s1, sgx);
+  std::vector<float> mL(L);
+  for (int64_t j = 0; j < L; ++j) mL[j] = mp[j % C];
+  std::vector<double> s1, sgx;   // Σ g', Σ g'·(x − mean)
+  bn_sums<1>(xp, gp, total, L, C, ap, bp, mL.data(), act, s1, sgx);
   at::Tensor gw = at::empty({C}, x.options()), gb = at::empty({C}, x.options());
   float* gwp = gw.data_ptr<float>();
   float* gbp = gb.data_ptr<float>();
   std::vector<float> c2L(L), c3L(L);
   std::vector<double> c2(C), c3(C);
   for (int64_t c = 0; c < C; ++c) {
-    const double inv = ip[c], s2 = inv * (sgx[c] - mp[c] * s1[c]);   // Σ g x̂
+    const double inv = ip[c], s2 = inv * sgx[c];   // Σ g x̂
     gwp[c] = static_cast<float>(s2);
     gbp[c] = static_cast<float>(s1[c]);
     c2[c] = -w[c] * inv * inv * s2 / M;
