@@ -218,12 +218,8 @@ class _BatchNormActFn(torch.autograd.Function):
 def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm3d, act: bool, use_kernels: bool = True) -> torch.Tensor:
     """``ReLU6(bn(x))`` (``act``) or ``bn(x)`` for a training-mode, affine BatchNorm3d with running statistics,
     updating ``bn``'s buffers as :class:`torch.nn.BatchNorm3d` does. x: N×C×T×H×W channels-last float32."""
-    if bn.momentum is None:
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked)
-    else:
-        bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     stats: list = []
     y = _BatchNormActFn.apply(x, bn.weight, bn.bias, bn.eps, act, stats, use_kernels)
     mean, var = stats

@@ -265,12 +265,9 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
     counts = _frames_list(frames, videos)
     splits = default_splits(videos)
     root.mkdir(parents=True, exist_ok=True)
-    it = range(1, videos + 1)
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        it = tqdm(it, desc="synth dhf1k", unit="video", leave=False)
-    for n in it:
+    for n in tqdm(range(1, videos + 1), desc="synth dhf1k", unit="video", leave=False, disable=not progress):
         v = generate_video(seed, n, counts[n - 1], size, observers)
         frames_ = v.frames
         if n in gray:
@@ -328,12 +325,9 @@ def write_folder_layout(root: str | os.PathLike, kind: str = "ucf", videos: int 
     counts = _frames_list(frames, videos)
     splits = folder_splits(videos)
     root.mkdir(parents=True, exist_ok=True)
-    it = range(1, videos + 1)
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        it = tqdm(it, desc=f"synth {kind}", unit="video", leave=False)
-    for n in it:
+    for n in tqdm(range(1, videos + 1), desc=f"synth {kind}", unit="video", leave=False, disable=not progress):
         split = "train" if n <= splits["train"] else "test"
         k = n if split == "train" else n - splits["train"]
         vid = (f"{UCF_SPORTS[(n - 1) % len(UCF_SPORTS)]}-{n:03d}" if kind == "ucf"
@@ -394,12 +388,9 @@ def write_kinetics(root: str | os.PathLike, videos: int = 8, frames: int | Seque
     counts = _frames_list(frames, videos)
     rng = _rng(seed, 0, stream=1)
     alphabet = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
-    it = range(1, videos + 1)
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        it = tqdm(it, desc="synth kinetics", unit="video", leave=False)
-    for n in it:
+    for n in tqdm(range(1, videos + 1), desc="synth kinetics", unit="video", leave=False, disable=not progress):
         cls = KINETICS_CLASSES[(n - 1) % len(KINETICS_CLASSES)]
         yid = "".join(rng.choice(alphabet, 11))
         start = int(rng.integers(0, 300))

@@ -825,42 +825,26 @@ void check_vec(const at::Tensor& t, const char* name, int64_t C) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), name, ": expected a float32 CPU tensor");
 }
 
-// Sums of f(j, value...) per lane over the flat array, chunked; returns per-channel double sums.
-// body(lane, flat index, acc0, acc1) accumulates into two float arrays of L lanes.
-template <typename Body>
-void lane_sums(int64_t total, int64_t L, int64_t C, std::vector<double>& out0, std::vector<double>& out1,
-               const Body& body) {
-  const int64_t rows = total / L, tail = total - rows * L;
-  const int64_t nchunks = (rows + kChunkRows - 1) / kChunkRows + (tail ? 1 : 0);
-  std::vector<double> part0(nchunks * L, 0.0), part1(nchunks * L, 0.0);
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> a0(L), a1(L);
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      std::fill(a0.begin(), a0.end(), 0.f);
-      std::fill(a1.begin(), a1.end(), 0.f);
-      int64_t r0 = ch * kChunkRows, r1 = std::min(rows, r0 + kChunkRows);
-      if (r0 >= rows) {  // the tail chunk: the last total % L floats
-        for (int64_t j = 0; j < tail; ++j) body(j, rows * L + j, a0.data(), a1.data());
-      } else {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t base = r * L;
-#pragma omp simd
-          for (int64_t j = 0; j < L; ++j) body(j, base + j, a0.data(), a1.data());
-        }
-      }
-      for (int64_t j = 0; j < L; ++j) {
-        part0[ch * L + j] = a0[j];
-        part1[ch * L + j] = a1[j];
-      }
-    }
-  });
-  out0.assign(C, 0.0);
-  out1.assign(C, 0.0);
-  for (int64_t ch = 0; ch < nchunks; ++ch)
-    for (int64_t j = 0; j < L; ++j) {
-      out0[j % C] += part0[ch * L + j];
-      out1[j % C] += part1[ch * L + j];
-    }
+// g' of the BN+ReLU6 backward: g where 0 < a·x + b < 6 (act), else 0.
+inline float masked_grad(float g, float x, float a, float b, bool act) {
+  if (!act) return g;
+  const float y = x * a + b;
+  return (y > 0.f && y < 6.f) ? g : 0.f;
+}
+
+// One float's share of the sums, lane j of flat index i (see lane_sums_rows for kind 0 and 1).
+template <int kind>
+inline void bn_term(const float* xp, const float* gp, int64_t i, int64_t j, const float* p0, const float* p1,
+                    const float* p2, bool act, float* a0, float* a1) {
+  if (kind == 0) {
+    const float d = xp[i] - p0[j];
+    a0[j] += d;
+    a1[j] += d * d;
+  } else {
+    const float g = masked_grad(gp[i], xp[i], p0[j], p1[j], act);
+    a0[j] += g;
+    a1[j] += g * (xp[i] - p2[j]);
+  }
 }
 
 // The same sums with the lane accumulators in registers, for L = 16·NV floats per row (NV ≤ 7: C = 1, 2, 4, 8,
@@ -915,30 +899,22 @@ void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, in
 template <int kind>
 void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t C, const float* p0,
              const float* p1, const float* p2, bool act, std::vector<double>& out0, std::vector<double>& out1) {
-  const int64_t NV = L / 16;
-  if (NV > 7) {  // wide rows: the generic loop
-    if (kind == 0)
-      lane_sums(total, L, C, out0, out1, [&](int64_t j, int64_t i, float* a0, float* a1) {
-        const float d = xp[i] - p0[j];
-        a0[j] += d;
-        a1[j] += d * d;
-      });
-    else
-      lane_sums(total, L, C, out0, out1, [&](int64_t j, int64_t i, float* a0, float* a1) {
-        const float xv = xp[i];
-        float g = gp[i];
-        if (act) {
-          const float y = xv * p0[j] + p1[j];
-          g = (y > 0.f && y < 6.f) ? g : 0.f;
-        }
-        a0[j] += g;
-        a1[j] += g * (xv - p2[j]);
-      });
-    return;
-  }
-  const int64_t rows = total / L, tail = total - rows * L;
+  const int64_t NV = L / 16, rows = total / L, tail = total - rows * L;
   const int64_t nchunks = (rows + kChunkRows - 1) / kChunkRows;
-  std::vector<double> part0((nchunks + 1) * L, 0.0), part1((nchunks + 1) * L, 0.0);
+  std::vector<double> part0((nchunks + 1) * L, 0.0), part1((nchunks + 1) * L, 0.0);  // + the tail's
+  // floats [i0, i0 + n) with bn_term, lane = offset mod L, into float lanes then o0/o1 (wide rows, the tail)
+  auto scalar = [&](int64_t i0, int64_t n, double* o0, double* o1) {
+    std::vector<float> a0(L, 0.f), a1(L, 0.f);
+    for (int64_t base = i0; base < i0 + n; base += L) {
+      const int64_t m = std::min(L, i0 + n - base);
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) bn_term<kind>(xp, gp, base + j, j, p0, p1, p2, act, a0.data(), a1.data());
+    }
+    for (int64_t j = 0; j < L; ++j) {
+      o0[j] += a0[j];
+      o1[j] += a1[j];
+    }
+  };
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t r0 = ch * kChunkRows, r1 = std::min(rows, r0 + kChunkRows);
@@ -948,28 +924,11 @@ void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t
 #define BN_CASE(n) case n: lane_sums_rows<n, kind>(xp, gp, r0, r1, L, p0, p1, p2, act, o0, o1); break;
         BN_CASE(1) BN_CASE(2) BN_CASE(3) BN_CASE(4) BN_CASE(5) BN_CASE(6) BN_CASE(7)
 #undef BN_CASE
+        default: scalar(r0 * L, (r1 - r0) * L, o0, o1);  // wide rows (NV > 7): too many accumulators
       }
     }
   });
-  double* o0 = part0.data() + nchunks * L;  // the tail: the last total % L floats
-  double* o1 = part1.data() + nchunks * L;
-  for (int64_t j = 0; j < tail; ++j) {
-    const int64_t i = rows * L + j;
-    if (kind == 0) {
-      const double d = xp[i] - p0[j];
-      o0[j] += d;
-      o1[j] += d * d;
-    } else {
-      const float xv = xp[i];
-      float g = gp[i];
-      if (act) {
-        const float y = xv * p0[j] + p1[j];
-        g = (y > 0.f && y < 6.f) ? g : 0.f;
-      }
-      o0[j] += g;
-      o1[j] += static_cast<double>(g) * (xv - p2[j]);
-    }
-  }
+  scalar(rows * L, tail, part0.data() + nchunks * L, part1.data() + nchunks * L);  // the last total % L floats
   out0.assign(C, 0.0);
   out1.assign(C, 0.0);
   for (int64_t ch = 0; ch <= nchunks; ++ch)
@@ -1095,11 +1054,7 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float xv = xp[base + j];
-        float g = gp[base + j];
-        if (act) {
-          const float y = xv * ap[j] + bp[j];
-          g = (y > 0.f && y < 6.f) ? g : 0.f;
-        }
+        const float g = masked_grad(gp[base + j], xv, ap[j], bp[j], act);
         op[base + j] = ap[j] * g + c2p[j] * xv + c3p[j];
       }
     }
