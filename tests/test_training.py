@@ -10,7 +10,7 @@ import yaml
 from tinyhd import cli
 from tinyhd.errors import UserError
 from tinyhd.training import (TrainConfig, StudentTeacher, collate, config_from_dict, epoch_plan, load_config,
-                             param_groups, shard_batches, train, train_chain)
+                             load_model, param_groups, shard_batches, train, train_chain)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "tinyhd" / "configs"
 TINY = dict(size=(32, 32), batch_size=2, max_videos=4, max_aux_videos=4, val_videos=1, val_clips_per_video=1,
@@ -145,6 +145,12 @@ def test_distillation_on_target_and_auxiliary(tmp_path):
     val = [r for r in result.history if r["kind"] == "val"]
     assert val and all(k in val[-1] for k in ("cc", "nss", "sim", "kld", "val_loss"))
     assert result.best is not None and result.last.is_file()
+    # best.pt: the weights and where they came from, not the optimizer (nothing resumes from it); last.pt: all
+    best = torch.load(result.best, weights_only=True)
+    last = torch.load(result.last, weights_only=True)
+    assert set(best) == {"format", "config", "model", "train_config", "state"}
+    assert set(last) == set(best) | {"optimizer", "scheduler", "scaler", "rng"}
+    assert type(load_model(result.best)) is type(result.model)
 
 
 def test_distill_on_target_uses_no_auxiliary_clips(tmp_path):

@@ -6,6 +6,8 @@ Everything runs at 32×64 on the synthetic sets with batch 1–2 and 1–3 steps
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,14 +97,16 @@ def test_da_classifiers_sized_for_other_clips_roundtrip(tmp_path):
 # -- one run of each kind ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """The three packaged smoke configs, shortened to 2 (base) or 3 steps; the base run goes through the CLI."""
+def runs(tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """The three packaged smoke configs, shortened to 2 (base) or 3 steps; the base run goes through the CLI.
+    Deleted after the module (~1 GB of checkpoints)."""
     root = tmp_path_factory.mktemp("hd2s_runs")
     out = {"hd2s": root / "hd2s", "hd2s_da": root / "da"}
     assert cli.main(["train", "hd2s_smoke", "--out", str(out["hd2s"]), "--set", "max_steps=2",
                      "--set", "val_every=1", "--set", "progress=false"]) == 0
     train(_cfg("hd2s_da_smoke"), out["hd2s_da"])
-    return out
+    yield out
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_base_run_writes_checkpoints_that_load_as_teachers(runs, tmp_path):

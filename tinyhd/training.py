@@ -14,8 +14,8 @@ Read top to bottom:
    "none" (GT maps only), "target" (+ KD on the target set), "all" (+ KD on the auxiliary set).
 5. :func:`train` — SGD (momentum 0.9, lr 0.01, encoder ×0.5, biases ×2 without weight decay, weight decay
    5e-4), lr ×0.1 at epochs 100/150/180, AMP on CUDA, validation every epoch, ``last.pt`` every
-   ``checkpoint_every`` steps and at every epoch end, ``best.pt`` on the best validation KL. Running it again
-   on the same folder resumes exactly where the last checkpoint left off.
+   ``checkpoint_every`` steps and at every epoch end, ``best.pt`` (no optimizer state) on the best validation
+   KL. Running it again on the same folder resumes exactly where the last checkpoint left off.
 6. :func:`train_chain` — several stages in one config (the ×1 → ×½ → ×¼ teacher-assistant chain, Table 5).
 7. DDP: under ``torchrun`` each rank takes its share of every global batch; rank 0 logs and checkpoints.
 
@@ -1021,14 +1021,17 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=cfg.model == "hd2s_dsl")
 
-    def save(path: Path) -> None:
+    def save(path: Path, resumable: bool = True) -> None:
+        """``last.pt``: everything a resume needs. ``best.pt`` (``resumable=False``): the weights, the configs and
+        the position, without the optimizer/scheduler/scaler/RNG states (Adam's moments are twice the weights:
+        an HD2S ``best.pt`` is 120 MB instead of 360 MB); nothing resumes from it."""
         if not is_main:
             return
-        atomic_torch_save({
-            **_checkpoint_payload(model, cfg, state),
-            "train_config": asdict(cfg), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": _rng_state(), "state": dict(state),
-        }, path)
+        payload = {**_checkpoint_payload(model, cfg, state), "train_config": asdict(cfg), "state": dict(state)}
+        if resumable:
+            payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                           scaler=scaler.state_dict(), rng=_rng_state())
+        atomic_torch_save(payload, path)
 
     def log(row: dict[str, Any]) -> None:
         if is_main:
@@ -1052,7 +1055,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
         state["finished"] = done
         if is_main and metrics_row.get("val_loss", math.inf) < state["best"]:
             state["best"] = metrics_row["val_loss"]
-            save(best_path)
+            save(best_path, resumable=False)
 
     # -- data (first: a wrong path fails before anything is built or downloaded) -----------------------------
     A = cfg.accumulation
