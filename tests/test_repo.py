@@ -87,6 +87,41 @@ def test_atomic_open_leaves_old_file_on_failure(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.txt"], "a temporary file was left behind"
 
 
+@pytest.mark.parametrize("free_mib", [10, 10_000])
+def test_checkpoint_write_on_a_full_disk_names_the_file(tmp_path: Path, monkeypatch, free_mib: int):
+    """torch.save's "PytorchStreamWriter failed writing file" on a full disk becomes ENOSPC naming the
+    checkpoint and the space left; the previous checkpoint stays. With space left the error passes unchanged."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    import tinyhd.paths as paths
+
+    target = tmp_path / "last.pt"
+    paths.atomic_torch_save({"w": torch.ones(3)}, target)
+
+    def failing_save(obj, fh):
+        fh.write(b"x" * 2**20)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12, free_mib * 2**20))
+    if free_mib * 2**20 < paths.LOW_DISK_BYTES:
+        with pytest.raises(OSError, match=r"last\.pt: could not write the checkpoint: the disk is full \(10 MiB free "
+                                          r"after 1 MiB") as info:
+            paths.atomic_torch_save({"w": torch.zeros(3)}, target)
+        assert info.value.errno == errno.ENOSPC
+    else:
+        with pytest.raises(RuntimeError, match="PytorchStreamWriter"):
+            paths.atomic_torch_save({"w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))  # the previous one is kept
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "a temporary file was left behind"
+
+
 def test_atomic_directory_is_all_or_nothing(tmp_path: Path):
     from tinyhd.paths import atomic_directory
 

@@ -6,6 +6,7 @@ folder, flushed and fsync'ed, then renamed over the final name (``os.replace`` i
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -71,12 +72,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
+LOW_DISK_BYTES = 256 * 2**20  # a failed write with less than this left on the disk is reported as a full disk
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file + fsync + rename: a reader never sees a partial checkpoint."""
+    """``torch.save`` through a temporary file + fsync + rename: a reader never sees a partial checkpoint.
+
+    A full disk makes ``torch.save`` fail with "PytorchStreamWriter failed writing file ..."; that is reported as
+    ``OSError(ENOSPC)`` naming ``path`` and the space left (the previous checkpoint at ``path`` is kept).
+    """
     import torch
 
+    path = Path(path)
     with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
+        try:
+            torch.save(obj, fh)
+        except (RuntimeError, OSError) as exc:
+            written = fh.tell() if not fh.closed else 0
+            free = shutil.disk_usage(path.parent).free
+            if free >= LOW_DISK_BYTES:
+                raise
+            raise OSError(errno.ENOSPC, f"{path}: could not write the checkpoint: the disk is full "
+                          f"({free / 2**20:.0f} MiB free after {written / 2**20:.0f} MiB of it were written; "
+                          f"the previous file is kept). Free some space or write elsewhere ({exc})") from exc
 
 
 @contextlib.contextmanager
