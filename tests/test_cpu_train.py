@@ -157,3 +157,26 @@ def test_eval_and_contiguous_inputs_take_pytorchs_path():
         m.eval()
         with torch.no_grad():
             _close(m(x).saliency, ref(x).saliency, 1e-5)               # eval: running stats, clamp kept
+
+
+def test_a_block_left_open_does_not_abort_the_interpreter_at_exit():
+    """An ExitStack that still holds cpu_training when the process ends (a script, a notebook kernel) is closed
+    by the interpreter's shutdown; restoring the gradients then aborted with PyTorch's THPVariable_clear assert
+    (exit code 134). The process must end normally."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import contextlib, torch, tinyhd
+from tinyhd.cpu_train import cpu_training
+torch.manual_seed(0)
+m = tinyhd.TinyHD(output="multi", reduction=4)
+stack = contextlib.ExitStack()
+stack.enter_context(cpu_training(m, use_kernels=False))
+m(torch.randn(1, 3, 16, 64, 96).contiguous(memory_format=torch.channels_last_3d)).saliency.mean().backward()
+print("trained")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and "trained" in proc.stdout, proc.stderr[-2000:]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from typing import Iterator
 
 import torch
@@ -44,6 +45,9 @@ from torch import nn
 
 __all__ = ["cpu_training", "DepthwiseConv3d", "ChannelsLastConv3d", "BatchNormAct3d", "depthwise_conv3d",
            "batch_norm_act"]
+
+
+_is_finalizing = sys.is_finalizing  # bound at import: at interpreter exit the module globals may be gone
 
 
 def _kernels():
@@ -302,11 +306,15 @@ def cpu_training(model: nn.Module, use_kernels: bool = True) -> Iterator[nn.Modu
         _set_memory_format(model, torch.channels_last_3d)
         yield model
     finally:
-        for mod, cls in reversed(swapped):
-            mod.__class__ = cls
-            mod.__dict__.pop("fused_act", None)
-            mod.__dict__.pop("use_kernels", None)
-        _set_memory_format(model, torch.contiguous_format)
+        # A block never exited (an ExitStack left open) is closed by the interpreter at exit, while it tears
+        # the tensors down: restriding parameters and gradients then aborts the process (PyTorch's
+        # "THPVariable_clear" internal assert). Nothing needs restoring in a process that is ending.
+        if not _is_finalizing():
+            for mod, cls in reversed(swapped):
+                mod.__class__ = cls
+                mod.__dict__.pop("fused_act", None)
+                mod.__dict__.pop("use_kernels", None)
+            _set_memory_format(model, torch.contiguous_format)
 
 
 def _set_memory_format(model: nn.Module, fmt: torch.memory_format) -> None:
