@@ -22,10 +22,16 @@ Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 
 * before tinyhd.cpu_train existed (PyTorch's default training path, earlier run under load 3–9, 1 thread):
   cached 27.0 s/step, on the fly 55.6 s/step → 2.1×.
 
-The cache removes the teacher's cost (three orders of magnitude for the maps); what is left of a step is the
-student's own forward/backward, which on a GPU is milliseconds, so there the per-step ratio approaches the
-teacher-map ratio (not measured: no GPU was available). Flip by mirroring vs HD2S on the mirrored clip (reduced
-HD2S): mean |Δ| 0.0009, CC 0.9998 at 192×256 (0.0017 and 0.80–0.83 at 64×96).
+The cache removes the teacher's cost (three orders of magnitude for the maps); what is left of a cached step is
+the student's own forward/backward. On this CPU that step is mostly memory-bound layers with few channels per
+voxel (2026-11-21 profile, bare model step ~1.6 s: pointwise convolutions 0.55 s, depthwise 0.45 s,
+BatchNorm+ReLU6 0.35 s, pixel-shuffle copies 0.13 s), while HD2S's 3D convolutions are compute-bound, which is
+why the ratio sits near 10×. On a GPU both sides get faster by different factors (the on-the-fly teacher also
+decodes and preprocesses the frames of each window on the CPU), so the GPU ratio cannot be inferred from these
+numbers: it is not measured, as no GPU was available.
+
+Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, CC 0.9998 at 192×256 (0.0017
+and 0.80–0.83 at 64×96).
 """
 from __future__ import annotations
 
@@ -42,6 +48,9 @@ def main() -> None:
     ap.add_argument("--output", default="multi", choices=("single", "multi"))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps per teacher first (the allocator and page reuse settle after two steps: "
+                         "3.3, 2.2, then 1.7 s for the cached TinyHD-M step at 192×256)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", default="64x96")
     ap.add_argument("--train-path", default="fast", choices=("fast", "default"),
@@ -88,7 +97,8 @@ def main() -> None:
 
         fast_path.enter_context(cpu_training(student))
     opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
-    batches = [collate([ds[(r * args.batch + j) % len(ds)] for j in range(args.batch)]) for r in range(args.repeats + 1)]
+    batches = [collate([ds[(r * args.batch + j) % len(ds)] for j in range(args.batch)])
+               for r in range(args.repeats + args.warmup)]
     clip_format = torch.channels_last_3d if args.train_path == "fast" else torch.contiguous_format
 
     def step(teacher, batch) -> tuple[float, float]:
@@ -104,12 +114,13 @@ def main() -> None:
 
     results = {}
     for name, teacher in teachers.items():
-        step(teacher, batches[0])  # warm-up (opens the memory maps, allocator)
-        times = [step(teacher, b) for b in batches[1:]]
+        for b in batches[:args.warmup]:  # warm-up (opens the memory maps, settles the allocator)
+            step(teacher, b)
+        times = [step(teacher, b) for b in batches[args.warmup:]]
         results[name] = (statistics.median(t for t, _ in times), statistics.median(t for _, t in times))
     print(f"distillation step, TinyHD-{'M' if args.output == 'multi' else 'S'}, batch {args.batch}, "
           f"{size[0]}×{size[1]}, {args.threads} CPU thread(s), {args.train_path} training path, "
-          f"median of {args.repeats}:")
+          f"median of {args.repeats} after {args.warmup} warm-up step(s):")
     for name, (total, teach) in results.items():
         print(f"  teacher {name:>10}: {total * 1000:9.1f} ms/step  (teacher maps {teach * 1000:9.1f} ms)")
     # the cache mirrors maps for flipped clips; how far is that from running HD2S on the mirrored clip?

@@ -180,3 +180,23 @@ print("trained")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and "trained" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 3, 6, 10), (1, 136, 1, 4, 4), (2, 8, 1, 1, 1)])
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_pixel_shuffle2_is_the_encoders_shuffle_both_ways(shape, use_kernels):
+    """The C++ shuffle and its inverse are pure permutations: values and gradients bit-equal to PyTorch's."""
+    from tinyhd.cpu_train import pixel_shuffle2
+    from tinyhd.encoder import pixel_shuffle_frames
+
+    torch.manual_seed(0)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = pixel_shuffle2(a, use_kernels), pixel_shuffle_frames(b, 2)
+    assert ya.shape == yb.shape and torch.equal(ya, yb)
+    if use_kernels:  # the kernel writes channels-last (PyTorch's path: whatever its view gives)
+        assert ya.is_contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn(ya.shape)  # contiguous: the backward makes it channels-last first
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(a.grad, b.grad)

@@ -269,8 +269,14 @@ class MobileNetV2Encoder3d(nn.Module):
             x = layer(x)
             feats.append(x)
         g = [torch.cat([feats[i] for i in group], dim=1) for group in FEATURE_GROUPS]
-        b0 = torch.cat([g[0], pixel_shuffle_frames(g[1])], dim=1)  # B×28×T/2×H/2×W/2 (×1)
-        return [b0, pixel_shuffle_frames(g[2]), pixel_shuffle_frames(g[3]), pixel_shuffle_frames(g[4])]
+        ps = self._shuffle
+        b0 = torch.cat([g[0], ps(g[1])], dim=1)  # B×28×T/2×H/2×W/2 (×1)
+        return [b0, ps(g[2]), ps(g[3]), ps(g[4])]
+
+    def _shuffle(self, x: torch.Tensor) -> torch.Tensor:
+        """The 2× pixel shuffle of groups 1–4 (a method so that :func:`tinyhd.cpu_train.cpu_training` can give it
+        a compiled backward)."""
+        return pixel_shuffle_frames(x, 2)
 
 
 def _out_channels(layer: nn.Module) -> int:

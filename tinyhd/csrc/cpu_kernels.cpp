@@ -731,6 +731,46 @@ torch::Tensor shuffle_up_add(const torch::Tensor& a, const torch::Tensor& i0, co
   return out;
 }
 
+// 2x pixel shuffle of a channels-last tensor, frame by frame, in nn.PixelShuffle's order (output channel c at
+// sub-pixel (i, j) is input channel 4c + 2i + j): B×4c×T×h×w -> B×c×T×2h×2w; with inverse=true the reverse
+// permutation (the shuffle's gradient). Pure data movement: each element copied once, bit-exact. PyTorch's copy
+// of the equivalent 7-D permuted view runs an inner loop of c (2..34) elements at stride 4; here a coarse row
+// and its two fine rows are one task.
+torch::Tensor pixel_shuffle2_cl(const torch::Tensor& x, bool inverse) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  int64_t c, h, w;  // the coarse side: 4c channels on h×w
+  if (!inverse) {
+    TORCH_CHECK(C % 4 == 0, "pixel_shuffle2_cl: channels must be divisible by 4, got ", C);
+    c = C / 4, h = H, w = W;
+  } else {
+    TORCH_CHECK(H % 2 == 0 && W % 2 == 0, "pixel_shuffle2_cl: inverse needs even H and W, got ", H, "x", W);
+    c = C, h = H / 2, w = W / 2;
+  }
+  auto opts = x.options().memory_format(at::MemoryFormat::ChannelsLast3d);
+  auto out = inverse ? torch::empty({B, 4 * c, T, h, w}, opts) : torch::empty({B, c, T, 2 * h, 2 * w}, opts);
+  const float* src = x.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, B * T * h, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {  // coarse row r = (b, t, ys): fine rows 2ys and 2ys + 1
+      const int64_t ys = r % h, bt = r / h;
+      for (int64_t i = 0; i < 2; ++i) {
+        const int64_t fine_row = bt * 2 * h + 2 * ys + i;
+        for (int64_t xs = 0; xs < w; ++xs)
+          for (int64_t j = 0; j < 2; ++j) {
+            const int64_t q = (r * w + xs) * 4 * c + 2 * i + j;  // coarse element of channel 0 (stride 4)
+            const int64_t f = (fine_row * 2 * w + 2 * xs + j) * c;  // fine element of channel 0 (stride 1)
+            if (!inverse)
+              for (int64_t k = 0; k < c; ++k) dst[f + k] = src[q + 4 * k];
+            else
+              for (int64_t k = 0; k < c; ++k) dst[q + 4 * k] = src[f + k];
+          }
+      }
+    }
+  });
+  return out;
+}
+
 // Input and weight gradients of F.conv3d(x, weight, stride, padding, groups=C) (no bias, dilation 1) for the given
 // grad_out; returns {grad_input (channels-last 3D) or undefined, grad_weight (C×1×kt×kh×kw) or undefined}.
 // Measured on the 2-core Zen4 dev machine (shared: other jobs were running, so times varied ±50%; ratios to
@@ -1065,6 +1105,8 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_irb", &fused_irb, "fused channels-last 3D inverted residual block (expand, depthwise, project)");
   m.def("shuffle_up_add", &shuffle_up_add, "2x pixel shuffle + 2x temporal interpolation + add, channels-last");
+  m.def("pixel_shuffle2_cl", &pixel_shuffle2_cl, "2x pixel shuffle (or with inverse=True its inverse), channels-last",
+        py::arg("x"), py::arg("inverse"));
   m.def("dw_conv3d_backward", &dw_conv3d_backward,
         "input and weight gradients of a channels-last depthwise Conv3d (no bias, dilation 1, zero padding)",
         py::arg("x"), py::arg("grad_out"), py::arg("weight"), py::arg("stride"), py::arg("padding"),
