@@ -17,13 +17,16 @@ oneDNN's *backward* of the depthwise 3D convolutions and of the 1×1×1 convolut
    the decoders' full-resolution layers with 2, 4 or 14 channels (~7× slower than contiguous). The statistics,
    the running-average update (unbiased variance, ``momentum``, ``num_batches_tracked``) and the gradients are
    those of :class:`torch.nn.BatchNorm3d` followed by :class:`torch.nn.ReLU6`.
+4. **2× pixel shuffles** (the encoder's groups, the decoders' :class:`tinyhd.encoder.PixelShuffle3d`) are one
+   C++ copy forward and one backward (:func:`pixel_shuffle2`), bit-identical to PyTorch's.
 
 Measured on this repo's 2-core Zen 4 CPU (TinyHD-M, batch 2, 16×192×256, SGD step, 2 threads; 2026-11-21):
 PyTorch's default path 16.9 s per step → channels-last 11.8 s → + the depthwise backward kernel 4.2 s → + the
 BatchNorm kernel 3.4–3.9 s → + :func:`tinyhd.fast.keep_freed_memory` (the trainer calls it on a CPU: activation
 pages are reused instead of re-faulted every step) 2.1 s → + Up_t as a matrix product over the frames
 (:class:`tinyhd.fast.TemporalUpsample2x`, which PyTorch differentiates like the trilinear ``nn.Upsample``)
-**1.8 s**, i.e. ~9× faster. Plain ``nn.Conv3d`` layers only get channels-last inputs
+**1.8 s**, i.e. ~9× faster; the pixel-shuffle kernel took another 0.12 s off (1.86 → 1.74 s, the two
+alternating in one process; absolute times on this shared machine drift by ±10 % over a day). Plain ``nn.Conv3d`` layers only get channels-last inputs
 (:class:`ChannelsLastConv3d`); Up_s stays PyTorch's trilinear ``nn.Upsample`` (with both Up_t and Up_s swapped,
 a ×¼ model's gradients came out wrong on one thread — not understood, so not done).
 
