@@ -20,18 +20,18 @@ Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 
   machine in a slower phase: a bare model step alternating in one process took 1.74 s, vs 1.55 s earlier that
   day): cached 1.93 / 1.92 / 1.84 s, on the fly 20.6 / 18.4 / 16.4 s → **10.7× / 9.6× / 8.9×**. The
   on-the-fly teacher's time varies most (14.6–18.8 s for its 32 HD2S windows). Teacher maps alone: 10–15 ms vs
-  14–19 s (**~1,000–2,000×** over all six runs). So the 10× goal per step is at the edge on this CPU and not met reliably: the
-  student's own step would have to be ≤ ~1.5 s.
+  14–19 s (**~1,000–2,000×** over all six runs). So the 10× goal per step is at the edge on this CPU and not
+  met reliably: the student's own step would have to be ≤ ~1.5 s.
 * before tinyhd.cpu_train existed (PyTorch's default training path, earlier run under load 3–9, 1 thread):
   cached 27.0 s/step, on the fly 55.6 s/step → 2.1×.
 
 The cache removes the teacher's cost (three orders of magnitude for the maps); what is left of a cached step is
 the student's own forward/backward. On this CPU that step is mostly memory-bound layers with few channels per
 voxel (2026-11-21 profile, bare model step ~1.6 s: pointwise convolutions 0.55 s, depthwise 0.45 s,
-BatchNorm+ReLU6 0.35 s, pixel-shuffle copies 0.13 s before their kernel), while HD2S's 3D convolutions are compute-bound, which is
-why the ratio sits near 10×. On a GPU both sides get faster by different factors (the on-the-fly teacher also
-decodes and preprocesses the frames of each window on the CPU), so the GPU ratio cannot be inferred from these
-numbers: it is not measured, as no GPU was available.
+BatchNorm+ReLU6 0.35 s, pixel-shuffle copies 0.13 s before their kernel), while HD2S's 3D convolutions are
+compute-bound, which is why the ratio sits near 10×. On a GPU both sides get faster by different factors (the
+on-the-fly teacher also decodes and preprocesses the frames of each window on the CPU), so the GPU ratio cannot
+be inferred from these numbers: it is not measured, as no GPU was available.
 
 Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, CC 0.9998 at 192×256 (0.0017
 and 0.80–0.83 at 64×96).

@@ -105,9 +105,10 @@ def _hd2s_run(kind: str, out: Path, frozen: bool):
 def _digest(state: dict[str, torch.Tensor]) -> dict[str, str]:
     """Per tensor, a hash of its dtype, shape and bytes: equal digests are bitwise-equal tensors. The ranks write
     these instead of their weights (an HD2S state dict is 120 MB; the test compares the two ranks exactly)."""
-    return {k: f"{v.dtype}{tuple(v.shape)}:"
-               + hashlib.sha256(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-            for k, v in state.items()}
+    def raw(v: torch.Tensor) -> bytes:
+        return v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    return {k: f"{v.dtype}{tuple(v.shape)}:" + hashlib.sha256(raw(v)).hexdigest() for k, v in state.items()}
 
 
 def _hd2s_worker(rank: int, world: int, port: int, out: str, kind: str) -> None:

@@ -26,9 +26,10 @@ BatchNorm kernel 3.4–3.9 s → + :func:`tinyhd.fast.keep_freed_memory` (the tr
 pages are reused instead of re-faulted every step) 2.1 s → + Up_t as a matrix product over the frames
 (:class:`tinyhd.fast.TemporalUpsample2x`, which PyTorch differentiates like the trilinear ``nn.Upsample``)
 **1.8 s**, i.e. ~9× faster; the pixel-shuffle kernel took another 0.12 s off (1.86 → 1.74 s, the two
-alternating in one process; absolute times on this shared machine drift by ±10 % over a day). Plain ``nn.Conv3d`` layers only get channels-last inputs
-(:class:`ChannelsLastConv3d`); Up_s stays PyTorch's trilinear ``nn.Upsample`` (with both Up_t and Up_s swapped,
-a ×¼ model's gradients came out wrong on one thread — not understood, so not done).
+alternating in one process; absolute times on this shared machine drift by ±10 % over a day). Plain
+``nn.Conv3d`` layers only get channels-last inputs (:class:`ChannelsLastConv3d`); Up_s stays PyTorch's
+trilinear ``nn.Upsample`` (with both Up_t and Up_s swapped, a ×¼ model's gradients came out wrong on one
+thread — not understood, so not done).
 
 Module classes are swapped (``__class__``), not replaced, so names, parameters and state dicts are untouched
 and checkpoints written during training are ordinary TinyHD checkpoints. ``tests/test_cpu_train.py`` checks
