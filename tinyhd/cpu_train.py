@@ -28,8 +28,9 @@ pages are reused instead of re-faulted every step) 2.1 s → + Up_t as a matrix 
 **1.8 s**, i.e. ~9× faster; the pixel-shuffle kernel took another 0.12 s off (1.86 → 1.74 s, the two
 alternating in one process; absolute times on this shared machine drift by ±10 % over a day). Plain
 ``nn.Conv3d`` layers only get channels-last inputs (:class:`ChannelsLastConv3d`); Up_s stays PyTorch's
-trilinear ``nn.Upsample`` (with both Up_t and Up_s swapped, a ×¼ model's gradients came out wrong on one
-thread — not understood, so not done).
+trilinear ``nn.Upsample``. (Swapping Up_s too once gave wrong encoder gradients: the layouts it produced sent
+PyTorch's BatchNorm backward a gradient on which it is wrong — see :class:`BatchNormAct3d`, which now guards
+against it; whether Up_s as :class:`tinyhd.fast.SpatialUpsample2x` pays in training is not measured.)
 
 Module classes are swapped (``__class__``), not replaced, so names, parameters and state dicts are untouched
 and checkpoints written during training are ordinary TinyHD checkpoints. ``tests/test_cpu_train.py`` checks
@@ -253,10 +254,41 @@ class BatchNormAct3d(nn.BatchNorm3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.training and self.affine and self.track_running_stats and x.dtype == torch.float32
                 and x.device.type == "cpu" and self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and _lane_view(x) is not None and x.numel() > x.shape[1]):
-            return batch_norm_act(x, self, self.fused_act, self.use_kernels)
-        y = super().forward(x)
+                and not torch.is_autocast_enabled("cpu") and x.dim() == 5 and x.numel() > x.shape[1]):
+            if _lane_view(x) is None:  # e.g. a contiguous 1-frame tensor after an ambiguous-stride convolution
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            if _lane_view(x) is not None:
+                return batch_norm_act(x, self, self.fused_act, self.use_kernels)
+        if torch.is_grad_enabled() and x.device.type == "cpu" and x.requires_grad:
+            # PyTorch's CPU BatchNorm backward (2.14.1) returns a wrong input gradient (~100 % off) when the
+            # input or the incoming gradient is channels-last with a non-standard stride on a size-1 dimension
+            # (as hardtanh's backward produces from a channel slice of a channels-last gradient): give it both
+            # with standard contiguous strides.
+            y = _StandardGrad.apply(super().forward(_standard(x)))
+        else:
+            y = super().forward(x)
         return F.hardtanh(y, 0.0, 6.0) if self.fused_act else y
+
+
+def _standard(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the standard contiguous strides, size-1 dimensions included (a copy only when needed)."""
+    want, step = [], 1
+    for size in reversed(t.shape):
+        want.append(step)
+        step *= size
+    return t if t.stride() == tuple(reversed(want)) else t.clone(memory_format=torch.contiguous_format)
+
+
+class _StandardGrad(torch.autograd.Function):
+    """Identity whose backward passes the gradient on with standard contiguous strides (:func:`_standard`)."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _standard(grad)
 
 
 class _PassThrough(nn.ReLU6):
