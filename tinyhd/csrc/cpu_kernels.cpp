@@ -978,6 +978,20 @@ void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t
     }
 }
 
+// A fresh tensor like x (M×C floats), written in rows of L floats (the last one partial) by
+// body(out, base, n), which fills out[base, base + n).
+template <class Body>
+at::Tensor map_rows(const at::Tensor& x, int64_t L, const Body& body) {
+  at::Tensor out = at::empty_like(x);
+  advise_huge_pages(out);  // first-touch faults of a fresh tensor cost as much as the pass itself
+  float* op = out.data_ptr<float>();
+  const int64_t total = x.numel(), rows = total / L;
+  at::parallel_for(0, rows + 1, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) body(op, r * L, std::min(L, total - r * L));
+  });
+  return out;
+}
+
 }  // namespace bn_detail
 
 std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -1013,22 +1027,15 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
     aL[j] = a;
     bL[j] = b[c] - mp[c] * a;
   }
-  at::Tensor y = at::empty_like(x);
-  advise_huge_pages(y);  // first-touch faults of a fresh tensor cost as much as the pass itself
-  float* yp = y.data_ptr<float>();
   const float* ap = aL.data();
   const float* bp = bL.data();
-  const int64_t rows = total / L;
-  at::parallel_for(0, rows + 1, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t base = r * L, n = std::min(L, total - base);
-      if (act) {
+  at::Tensor y = map_rows(x, L, [&](float* yp, int64_t base, int64_t n) {
+    if (act) {
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) yp[base + j] = std::min(std::max(xp[base + j] * ap[j] + bp[j], 0.f), 6.f);
-      } else {
+      for (int64_t j = 0; j < n; ++j) yp[base + j] = std::min(std::max(xp[base + j] * ap[j] + bp[j], 0.f), 6.f);
+    } else {
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) yp[base + j] = xp[base + j] * ap[j] + bp[j];
-      }
+      for (int64_t j = 0; j < n; ++j) yp[base + j] = xp[base + j] * ap[j] + bp[j];
     }
   });
   return {y, mean, var};
@@ -1082,21 +1089,14 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
     c2L[j] = static_cast<float>(c2[j % C]);
     c3L[j] = static_cast<float>(c3[j % C]);
   }
-  at::Tensor gx = at::empty_like(x);
-  advise_huge_pages(gx);
-  float* op = gx.data_ptr<float>();
   const float* c2p = c2L.data();
   const float* c3p = c3L.data();
-  const int64_t rows = total / L;
-  at::parallel_for(0, rows + 1, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t base = r * L, n = std::min(L, total - base);
+  at::Tensor gx = map_rows(x, L, [&](float* op, int64_t base, int64_t n) {
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const float xv = xp[base + j];
-        const float g = masked_grad(gp[base + j], xv, ap[j], bp[j], act);
-        op[base + j] = ap[j] * g + c2p[j] * xv + c3p[j];
-      }
+    for (int64_t j = 0; j < n; ++j) {
+      const float xv = xp[base + j];
+      const float g = masked_grad(gp[base + j], xv, ap[j], bp[j], act);
+      op[base + j] = ap[j] * g + c2p[j] * xv + c3p[j];
     }
   });
   return {gx, gw, gb};
