@@ -263,3 +263,34 @@ def test_dw_conv3d_backward_rejects_bad_input(kernels):
         kernels.dw_conv3d_backward(x, x, w, [1, 1], p, True, True)
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         kernels.dw_conv3d_backward(x, x, torch.randn(4, 1, 3, 9, 3), s, p, True, True)
+
+
+def test_kernels_build_and_match_without_avx512(monkeypatch):
+    """CPUs without AVX-512 (most desktop Intel CPUs, AMD before Zen 4) must get the same kernels: built for plain
+    AVX2 (``-march=x86-64-v3``) in a subprocess, they pass this file's tests and the training kernels' tests. (One
+    AVX-512 intrinsic in the source is enough to fail that build, and then every kernel is lost on such CPUs.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tinyhd import kernels as k
+
+    if os.environ.get("TINYHD_KERNEL_ARCH"):
+        pytest.skip("already running under TINYHD_KERNEL_ARCH (this test's own subprocess)")
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    flags = set(k._cpu_flags().split())
+    if not {"avx2", "fma", "bmi2", "movbe"} <= flags:
+        pytest.skip("this CPU cannot run x86-64-v3 code")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TINYHD_KERNEL_ARCH": "x86-64-v3"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_kernels.py",
+                        "tests/test_cpu_train.py", "-k", "kernels or batch_norm or depthwise or pixel_shuffle or step"],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, f"with TINYHD_KERNEL_ARCH=x86-64-v3:\n{r.stdout[-4000:]}\n{r.stderr[-2000:]}"
+    assert " passed" in r.stdout and " failed" not in r.stdout, r.stdout[-2000:]
+    monkeypatch.setenv("TINYHD_KERNEL_ARCH", "x86-64-v3")
+    key = k.build_key()
+    built = list((k.cache_dir() / "kernels" / key).glob("*.so"))
+    assert built, f"the subprocess did not build the x86-64-v3 kernels (no library under kernels/{key})"

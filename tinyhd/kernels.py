@@ -3,7 +3,8 @@
 :func:`cpu_kernels` compiles the C++ source once per machine with ``torch.utils.cpp_extension`` (a C++
 compiler and ninja are needed; ~30 s on a 2-core CPU) into ``cache_dir()/kernels/<key>/``, where the key covers
 the source, the torch version, the Python version and the CPU's instruction-set flags (the code is built with
-``-march=native``). Later processes load the built library in milliseconds. Where the build is impossible (no
+``-march=native``; ``TINYHD_KERNEL_ARCH=x86-64-v3`` builds for any AVX2 CPU instead, as the tests do to check
+that nothing needs AVX-512). Later processes load the built library in milliseconds. Where the build is impossible (no
 compiler, no ninja, a non-x86 CPU without the flags) it returns ``None`` and says why once; callers
 (:mod:`tinyhd.fast`) then keep the oneDNN path, which computes the same maps. ``TINYHD_CPU_KERNELS=0`` turns
 the kernels off.
@@ -26,7 +27,15 @@ import torch
 from tinyhd.paths import cache_dir
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cpp"
-CFLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for splits rows over threads
+
+
+def cflags() -> list[str]:
+    """Compiler flags: ``-march`` from ``TINYHD_KERNEL_ARCH`` (default ``native``); OpenMP because
+    ``at::parallel_for`` splits rows over threads."""
+    arch = os.environ.get("TINYHD_KERNEL_ARCH", "").strip() or "native"
+    if not all(c.isalnum() or c in "-_." for c in arch):
+        raise ValueError(f"TINYHD_KERNEL_ARCH={arch!r} is not a -march value (e.g. native, x86-64-v3)")
+    return ["-O3", f"-march={arch}", "-fopenmp"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -45,7 +54,7 @@ def _cpu_flags() -> str:
 def build_key() -> str:
     """What the built library depends on: source, compiler flags, torch, Python, CPU features."""
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode(),
+    for part in (SOURCE.read_bytes(), " ".join(cflags()).encode(), torch.__version__.encode(),
                  sys.version.encode(), _cpu_flags().encode()):
         h.update(part)
         h.update(b"\0")
@@ -89,7 +98,7 @@ def cpu_kernels(verbose: bool = False) -> ModuleType | None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "no CUDA runtime found" etc.: irrelevant for a CPU build
-                    module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"],
+                    module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=cflags(), extra_ldflags=["-fopenmp"],
                                                 build_directory=str(build_dir), verbose=verbose)
             except Exception as exc:  # no compiler / ninja, or a failed build: keep the oneDNN path
                 lines = str(exc).strip().splitlines() or [type(exc).__name__]

@@ -46,6 +46,9 @@
 
 namespace {
 
+// 16-float vectors in GCC's vector extension: AVX-512 registers under -march=native on this repo's machine, pairs
+// of AVX2 registers elsewhere. Intrinsics only behind #ifdef __AVX512F__ (a build for AVX2 CPUs must compile:
+// tests/test_kernels.py builds with -march=x86-64-v3).
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));  // unaligned access
 inline v16 ld(const float* p) { return *reinterpret_cast<const v16u*>(p); }
@@ -839,8 +842,8 @@ std::vector<torch::Tensor> dw_conv3d_backward(const torch::Tensor& x, const torc
 // Training-mode BatchNorm (+ ReLU6) on channels-last activations, seen as an M×C row-major matrix (M = N·T·H·W).
 //
 // PyTorch's channels-last BatchNorm vectorises over channels, which is scalar code for the decoders' layers
-// with 2-14 channels. Here the M·C floats are walked as rows of L = lcm(C, 16) floats (whole AVX-512
-// registers; lane j holds channel j mod C), the per-lane sums are folded to channels at the end. Partial sums
+// with 2-14 channels. Here the M·C floats are walked as rows of L = lcm(C, 16) floats (whole 16-float
+// vectors: one AVX-512 register, two AVX2 ones; lane j holds channel j mod C), the per-lane sums are folded to channels at the end. Partial sums
 // are kept per fixed chunk of rows (in double) and added in chunk order, so results do not depend on the
 // number of threads.
 //   bn_act_forward(x, weight, bias, eps, act)             -> [y, mean, biased var]
@@ -893,46 +896,41 @@ inline void bn_term(const float* xp, const float* gp, int64_t i, int64_t j, cons
 template <int NV, int kind>
 void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, int64_t L, const float* p0,
                     const float* p1, const float* p2, bool act, double* out0, double* out1) {
-  __m512 s0[NV], s1[NV], v0[NV], v1[NV], v2[NV];
+  // GCC vector types, not AVX-512 intrinsics: the same code builds for AVX2 (two 8-lane halves per v16)
+  v16 s0[NV], s1[NV], v0[NV], v1[NV], v2[NV];
+  const v16 zero = splat(0.f), six = splat(6.f);
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) {
-    s0[v] = _mm512_setzero_ps();
-    s1[v] = _mm512_setzero_ps();
-    v0[v] = _mm512_loadu_ps(p0 + 16 * v);
-    v1[v] = kind == 1 ? _mm512_loadu_ps(p1 + 16 * v) : _mm512_setzero_ps();
-    v2[v] = kind == 1 ? _mm512_loadu_ps(p2 + 16 * v) : _mm512_setzero_ps();
+    s0[v] = s1[v] = zero;
+    v0[v] = ld(p0 + 16 * v);
+    v1[v] = kind == 1 ? ld(p1 + 16 * v) : zero;
+    v2[v] = kind == 1 ? ld(p2 + 16 * v) : zero;
   }
-  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = xp + r * L;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      const __m512 x = _mm512_loadu_ps(xr + 16 * v);
+      const v16 x = ld(xr + 16 * v);
       if (kind == 0) {
-        const __m512 d = _mm512_sub_ps(x, v0[v]);
-        s0[v] = _mm512_add_ps(s0[v], d);
-        s1[v] = _mm512_fmadd_ps(d, d, s1[v]);
+        const v16 d = x - v0[v];
+        s0[v] += d;
+        s1[v] += d * d;
       } else {
-        __m512 g = _mm512_loadu_ps(gp + r * L + 16 * v);
+        v16 g = ld(gp + r * L + 16 * v);
         if (act) {
-          const __m512 y = _mm512_fmadd_ps(x, v0[v], v1[v]);
-          const __mmask16 keep = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(y, six, _CMP_LT_OQ);
-          g = _mm512_maskz_mov_ps(keep, g);
+          const v16 y = x * v0[v] + v1[v];
+          g = (y > zero) & (y < six) ? g : zero;
         }
-        s0[v] = _mm512_add_ps(s0[v], g);
-        s1[v] = _mm512_fmadd_ps(g, _mm512_sub_ps(x, v2[v]), s1[v]);   // centred: no cancellation with mean·Σg
+        s0[v] += g;
+        s1[v] += g * (x - v2[v]);   // centred: no cancellation with mean·Σg
       }
     }
   }
-  alignas(64) float t0[16], t1[16];
-  for (int v = 0; v < NV; ++v) {
-    _mm512_store_ps(t0, s0[v]);
-    _mm512_store_ps(t1, s1[v]);
+  for (int v = 0; v < NV; ++v)
     for (int j = 0; j < 16; ++j) {
-      out0[16 * v + j] += t0[j];
-      out1[16 * v + j] += t1[j];
+      out0[16 * v + j] += s0[v][j];
+      out1[16 * v + j] += s1[v][j];
     }
-  }
 }
 
 // Per-channel sums (double) for kind 0 (forward) or 1 (backward); chunks of kChunkRows rows, summed in order.
