@@ -64,6 +64,30 @@ def test_batch_norm_act_matches_batchnorm3d_then_relu6(C, act, momentum, use_ker
     assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 1
 
 
+def test_batch_norm_act_on_a_tensor_larger_than_the_cache():
+    """Outputs over 32 MiB are written with non-temporal stores (bn_detail::map_rows): same values as BatchNorm3d
+    + ReLU6 in float64. (PyTorch's float32 BatchNorm itself is ~4e-4 off at this size, so it is not the yardstick.)"""
+    _need_kernel("bn_act_forward")
+    torch.manual_seed(0)
+    ref = nn.BatchNorm3d(14)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2.0)
+        ref.bias.uniform_(-1.0, 1.0)
+    ours = copy.deepcopy(ref)
+    ref = ref.double()
+    x = (torch.randn(1, 14, 8, 129, 775) * 3 + 1).contiguous(memory_format=CL)  # 45 MB, odd number of 112-float rows
+    g = torch.randn_like(x)
+    xa, xb = x.double().requires_grad_(), x.clone().requires_grad_()
+    ya = F.relu6(ref(xa))
+    yb = batch_norm_act(xb, ours, True, True)
+    _close(yb.double(), ya, 1e-5)
+    (ya * g.double()).sum().backward()
+    (yb * g).sum().backward()
+    _close(xb.grad.double(), xa.grad, 1e-5)
+    _close(ours.weight.grad.double(), ref.weight.grad, 1e-5)
+    _close(ours.bias.grad.double(), ref.bias.grad, 1e-5)
+
+
 @pytest.mark.parametrize("stride,padding,kernel", [((1, 1, 1), (1, 1, 1), (3, 3, 3)), ((2, 1, 1), (1, 1, 1), (3, 3, 3)),
                                                    ((1, 2, 2), (0, 1, 1), (2, 3, 3)), ((2, 2, 2), (1, 1, 1), (3, 3, 3)),
                                                    ((1, 1, 1), (0, 1, 1), (1, 3, 3))])

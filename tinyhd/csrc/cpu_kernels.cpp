@@ -976,16 +976,42 @@ void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t
     }
 }
 
-// A fresh tensor like x (M×C floats), written in rows of L floats (the last one partial) by
-// body(out, base, n), which fills out[base, base + n).
+// Rows of the elementwise output passes: whole lane rows of at least 256 floats (for C = 1, 2, 4, 8, 16 a call
+// per 16-float row cost more than its work: 2×4×16×192×256 took 20 ms forward instead of 9).
+inline int64_t out_row(int64_t L) { return L * std::max<int64_t>(1, 256 / L); }
+
+// Outputs larger than this (this CPU's L3) are written with non-temporal stores: they cannot stay in the cache
+// for the next layer anyway, and streaming skips reading each cache line before overwriting it. A 2×14×16×192×256
+// BN forward: 8.9 → 7.3 ms (median of 12, 2 threads).
+constexpr int64_t kStreamBytes = int64_t(32) << 20;
+
+inline void st_stream(float* p, v16 v) {  // p 64-byte aligned
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, (__m512)v);
+#elif defined(__AVX__)
+  typedef float v8 __attribute__((vector_size(32)));
+  v8 h[2];
+  std::memcpy(h, &v, sizeof h);
+  _mm256_stream_ps(p, (__m256)h[0]);
+  _mm256_stream_ps(p + 8, (__m256)h[1]);
+#else
+  st(p, v);
+#endif
+}
+
+// A fresh tensor like x (M×C floats), written in rows of Lo floats (the last one partial) by
+// body(out, base, n, stream), which fills out[base, base + n): n == Lo for whole rows (64-byte aligned when
+// stream is set, to be written with st_stream).
 template <class Body>
-at::Tensor map_rows(const at::Tensor& x, int64_t L, const Body& body) {
+at::Tensor map_rows(const at::Tensor& x, int64_t Lo, const Body& body) {
   at::Tensor out = at::empty_like(x);
   advise_huge_pages(out);  // first-touch faults of a fresh tensor cost as much as the pass itself
   float* op = out.data_ptr<float>();
-  const int64_t total = x.numel(), rows = total / L;
-  at::parallel_for(0, rows + 1, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) body(op, r * L, std::min(L, total - r * L));
+  const int64_t total = x.numel(), rows = total / Lo;
+  const bool stream = total * int64_t(sizeof(float)) > kStreamBytes && reinterpret_cast<uintptr_t>(op) % 64 == 0;
+  at::parallel_for(0, rows + 1, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) body(op, r * Lo, std::min(Lo, total - r * Lo), stream);
+    if (stream) _mm_sfence();  // this thread's streamed stores are visible before parallel_for returns
   });
   return out;
 }
@@ -1009,7 +1035,8 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
   std::vector<double> s1, s2;
   bn_sums<0>(xp, nullptr, total, L, C, sh, nullptr, nullptr, act, s1, s2);
   at::Tensor mean = at::empty({C}, x.options()), var = at::empty({C}, x.options());
-  std::vector<float> aL(L), bL(L);
+  const int64_t Lo = out_row(L);
+  std::vector<float> aL(Lo), bL(Lo);
   const float* w = weight.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
   float* mp = mean.data_ptr<float>();
@@ -1019,7 +1046,7 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
     mp[c] = static_cast<float>(m + shiftL[c]);
     vp[c] = static_cast<float>(v);
   }
-  for (int64_t j = 0; j < L; ++j) {
+  for (int64_t j = 0; j < Lo; ++j) {
     const int64_t c = j % C;
     const float a = w[c] / std::sqrt(vp[c] + static_cast<float>(eps));
     aL[j] = a;
@@ -1027,8 +1054,15 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
   }
   const float* ap = aL.data();
   const float* bp = bL.data();
-  at::Tensor y = map_rows(x, L, [&](float* yp, int64_t base, int64_t n) {
-    if (act) {
+  at::Tensor y = map_rows(x, Lo, [&](float* yp, int64_t base, int64_t n, bool stream) {
+    if (n == Lo) {
+      for (int64_t j = 0; j < Lo; j += 16) {
+        v16 v = ld(xp + base + j) * ld(ap + j) + ld(bp + j);
+        if (act) v = relu6(v);
+        if (stream) st_stream(yp + base + j, v);
+        else st(yp + base + j, v);
+      }
+    } else if (act) {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) yp[base + j] = std::min(std::max(xp[base + j] * ap[j] + bp[j], 0.f), 6.f);
     } else {
@@ -1057,8 +1091,9 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
   const float* b = bias.data_ptr<float>();
   const float* mp = mean.data_ptr<float>();
   const float* ip = invstd.data_ptr<float>();
-  std::vector<float> aL(L), bL(L);
-  for (int64_t j = 0; j < L; ++j) {
+  const int64_t Lo = out_row(L);
+  std::vector<float> aL(Lo), bL(Lo);
+  for (int64_t j = 0; j < Lo; ++j) {
     const int64_t c = j % C;
     aL[j] = w[c] * ip[c];
     bL[j] = b[c] - mp[c] * aL[j];
@@ -1074,7 +1109,7 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
   at::Tensor gw = at::empty({C}, x.options()), gb = at::empty({C}, x.options());
   float* gwp = gw.data_ptr<float>();
   float* gbp = gb.data_ptr<float>();
-  std::vector<float> c2L(L), c3L(L);
+  std::vector<float> c2L(Lo), c3L(Lo);
   std::vector<double> c2(C), c3(C);
   for (int64_t c = 0; c < C; ++c) {
     const double inv = ip[c], s2 = inv * sgx[c];   // Σ g x̂
@@ -1083,13 +1118,28 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
     c2[c] = -w[c] * inv * inv * s2 / M;
     c3[c] = -c2[c] * mp[c] - w[c] * inv * s1[c] / M;
   }
-  for (int64_t j = 0; j < L; ++j) {
+  for (int64_t j = 0; j < Lo; ++j) {
     c2L[j] = static_cast<float>(c2[j % C]);
     c3L[j] = static_cast<float>(c3[j % C]);
   }
   const float* c2p = c2L.data();
   const float* c3p = c3L.data();
-  at::Tensor gx = map_rows(x, L, [&](float* op, int64_t base, int64_t n) {
+  const v16 zero = splat(0.f), six = splat(6.f);
+  at::Tensor gx = map_rows(x, Lo, [&](float* op, int64_t base, int64_t n, bool stream) {
+    if (n == Lo) {
+      for (int64_t j = 0; j < Lo; j += 16) {
+        const v16 xv = ld(xp + base + j), a = ld(ap + j);
+        v16 g = ld(gp + base + j);
+        if (act) {
+          const v16 y = xv * a + ld(bp + j);
+          g = (y > zero) & (y < six) ? g : zero;
+        }
+        const v16 v = a * g + ld(c2p + j) * xv + ld(c3p + j);
+        if (stream) st_stream(op + base + j, v);
+        else st(op + base + j, v);
+      }
+      return;
+    }
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
       const float xv = xp[base + j];
