@@ -18,10 +18,14 @@ Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 
   runs before the pixel-shuffle kernel (one warm-up step): cached 1.95 / 2.07 / 1.90 s per step, on the fly
   20.9 / 15.7 / 17.0 s → **10.7× / 7.6× / 8.9×** per step. Three runs with it (two warm-up steps, the
   machine in a slower phase: a bare model step alternating in one process took 1.74 s, vs 1.55 s earlier that
-  day): cached 1.93 / 1.92 / 1.84 s, on the fly 20.6 / 18.4 / 16.4 s → **10.7× / 9.6× / 8.9×**. The
-  on-the-fly teacher's time varies most (14.6–18.8 s for its 32 HD2S windows). Teacher maps alone: 10–15 ms vs
-  14–19 s (**~1,000–2,000×** over all six runs). So the 10× goal per step is at the edge on this CPU and not
-  met reliably: the student's own step would have to be ≤ ~1.5 s.
+  day): cached 1.93 / 1.92 / 1.84 s, on the fly 20.6 / 18.4 / 16.4 s → **10.7× / 9.6× / 8.9×**. Three more
+  runs later that day with the BatchNorm kernels' streamed stores (median of 3, then of 5 steps): cached
+  1.86 / 1.87 / 1.99 s, on the fly 21.5 / 21.7 / 19.1 s → **11.5× / 11.6× / 9.6×**. The on-the-fly teacher's
+  time varies most (14.6–19.6 s for its 32 HD2S windows), and the student's share of an on-the-fly step is
+  larger than a cached step (2.1–3.8 s: the teacher's passes evict its memory). Teacher maps alone: 10–15 ms
+  vs 14–20 s (**~1,000–2,000×** over all nine runs). So the 10× goal per step is at the edge on this CPU (the
+  last six runs: 8.9–11.6×, median 10.2×, three of them below 10×) and not met reliably: the student's own step
+  would have to be ≤ ~1.5 s.
 * before tinyhd.cpu_train existed (PyTorch's default training path, earlier run under load 3–9, 1 thread):
   cached 27.0 s/step, on the fly 55.6 s/step → 2.1×.
 
