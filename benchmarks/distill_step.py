@@ -22,7 +22,7 @@ Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 
   runs later that day with the BatchNorm kernels' streamed stores (median of 3, then of 5 steps): cached
   1.86 / 1.87 / 1.99 s, on the fly 21.5 / 21.7 / 19.1 s → **11.5× / 11.6× / 9.6×**. The on-the-fly teacher's
   time varies most (14.6–19.6 s for its 32 HD2S windows), and the student's share of an on-the-fly step is
-  larger than a cached step (2.1–3.8 s: the teacher's passes evict its memory). Teacher maps alone: 10–15 ms
+  larger than a cached step (2.1–3.8 s; why was not investigated). Teacher maps alone: 10–15 ms
   vs 14–20 s (**~1,000–2,000×** over all nine runs). So the 10× goal per step is at the edge on this CPU (the
   last six runs: 8.9–11.6×, median 10.2×, three of them below 10×) and not met reliably: the student's own step
   would have to be ≤ ~1.5 s.
