@@ -266,9 +266,10 @@ def test_dw_conv3d_backward_rejects_bad_input(kernels):
 
 
 def test_kernels_build_and_match_without_avx512(monkeypatch):
-    """CPUs without AVX-512 (most desktop Intel CPUs, AMD before Zen 4) must get the same kernels: built for plain
-    AVX2 (``-march=x86-64-v3``) in a subprocess, they pass this file's tests and the training kernels' unit tests. (One
-    AVX-512 intrinsic in the source is enough to fail that build, and then every kernel is lost on such CPUs.)"""
+    """CPUs without AVX-512 (most desktop Intel CPUs, AMD before Zen 4) must get the same kernels: built for
+    plain AVX2 (``-march=x86-64-v3``) in a subprocess, they pass this file's tests and the training kernels'
+    unit tests. (One AVX-512 intrinsic in the source is enough to fail that build, and then every kernel is
+    lost on such CPUs.)"""
     import os
     import subprocess
     import sys
