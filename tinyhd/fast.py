@@ -295,9 +295,13 @@ def keep_freed_memory() -> bool:
 
     A TinyHD-M forward at 192×256 allocates a few hundred MB of activations; by default glibc hands each large
     block back to the kernel when it is freed, so every forward pays ~10⁵ page faults re-touching fresh pages
-    (a third of its time on a 2-core CPU). With ``M_MMAP_MAX = 0`` and a 1 GiB ``M_TRIM_THRESHOLD`` the pages
-    are reused. Process-wide and irreversible: meant for inference/benchmark processes (``tinyhd predict``
-    may call it); returns False (and does nothing) where glibc is not the allocator.
+    (a third of its time on a 2-core CPU). With ``M_MMAP_MAX = 0`` (no mmap per block) and ``M_TRIM_THRESHOLD =
+    -1`` (never trim the heap) the pages are reused. Trimming is off entirely, not just above 1 GiB as before:
+    HD2S run on the fly (:class:`tinyhd.teacher.OnlineTeacher`) frees more than 1 GiB at once after each window,
+    and with a 1 GiB threshold a 192×256 distillation step re-faulted ~1.4 M pages (5.5 GB) in the teacher alone.
+    Process-wide and irreversible: the process keeps its peak heap. Meant for training, inference and benchmark
+    processes (``tinyhd train`` on a CPU and ``tinyhd predict`` call it); returns False (and does nothing) where
+    glibc is not the allocator.
     """
     import ctypes
     import ctypes.util
@@ -308,7 +312,7 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(name)
         m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, -1))
     except (OSError, AttributeError):
         return False
 
