@@ -20,12 +20,15 @@ Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 
   machine in a slower phase: a bare model step alternating in one process took 1.74 s, vs 1.55 s earlier that
   day): cached 1.93 / 1.92 / 1.84 s, on the fly 20.6 / 18.4 / 16.4 s → **10.7× / 9.6× / 8.9×**. Three more
   runs later that day with the BatchNorm kernels' streamed stores (median of 3, then of 5 steps): cached
-  1.86 / 1.87 / 1.99 s, on the fly 21.5 / 21.7 / 19.1 s → **11.5× / 11.6× / 9.6×**. The on-the-fly teacher's
-  time varies most (14.6–19.6 s for its 32 HD2S windows), and the student's share of an on-the-fly step is
-  larger than a cached step (2.1–3.8 s; why was not investigated). Teacher maps alone: 10–15 ms
-  vs 14–20 s (**~1,000–2,000×** over all nine runs). So the 10× goal per step is at the edge on this CPU (the
-  last six runs: 8.9–11.6×, median 10.2×, three of them below 10×) and not met reliably: the student's own step
-  would have to be ≤ ~1.5 s.
+  1.86 / 1.87 / 1.99 s, on the fly 21.5 / 21.7 / 19.1 s → **11.5× / 11.6× / 9.6×**. All these on-the-fly
+  numbers were inflated by the allocator: with ``keep_freed_memory``'s old 1 GiB trim threshold, HD2S's freed windows
+  went back to the kernel and each step re-faulted 1.2–1.4 M pages. With trimming off (the current code), three
+  runs (median of 5 steps; the machine in a slow phase again, cached steps 2.05–2.2 s): cached 2.14 / 2.20 /
+  2.05 s, on the fly 20.6 / 17.0 / 17.5 s → **9.6× / 7.7× / 8.5×**. The on-the-fly teacher's time varies most
+  (14.6–19.6 s for its 32 HD2S windows over all runs), and the student's share of an on-the-fly step is larger
+  than a cached step (2.1–3.8 s, with no page faults; why was not investigated). Teacher maps alone: 10–15 ms vs
+  14–20 s (**~1,000–2,000×** over all twelve runs). So the 10× goal per step is **not met** on this CPU with the
+  current code (7.7–9.6×): the cached step would have to be ≤ ~1.7 s at the machine speed of those runs.
 * before tinyhd.cpu_train existed (PyTorch's default training path, earlier run under load 3–9, 1 thread):
   cached 27.0 s/step, on the fly 55.6 s/step → 2.1×.
 
