@@ -843,9 +843,9 @@ std::vector<torch::Tensor> dw_conv3d_backward(const torch::Tensor& x, const torc
 //
 // PyTorch's channels-last BatchNorm vectorises over channels, which is scalar code for the decoders' layers
 // with 2-14 channels. Here the M·C floats are walked as rows of L = lcm(C, 16) floats (whole 16-float
-// vectors: one AVX-512 register, two AVX2 ones; lane j holds channel j mod C), the per-lane sums are folded to channels at the end. Partial sums
-// are kept per fixed chunk of rows (in double) and added in chunk order, so results do not depend on the
-// number of threads.
+// vectors: one AVX-512 register, two AVX2 ones; lane j holds channel j mod C), the per-lane sums are folded to
+// channels at the end. Partial sums are kept per fixed chunk of rows (in double) and added in chunk order, so
+// results do not depend on the number of threads.
 //   bn_act_forward(x, weight, bias, eps, act)             -> [y, mean, biased var]
 //   bn_act_backward(g, x, weight, bias, mean, invstd, act) -> [grad_x, grad_weight, grad_bias]
 // with y = ReLU6(weight·(x − mean)/sqrt(var + eps) + bias) when act (no clamp otherwise).
@@ -977,7 +977,7 @@ void bn_sums(const float* xp, const float* gp, int64_t total, int64_t L, int64_t
 }
 
 // Rows of the elementwise output passes: whole lane rows of at least 256 floats (for C = 1, 2, 4, 8, 16 a call
-// per 16-float row cost more than its work: 2×4×16×192×256 took 20 ms forward instead of 9).
+// per 16-float row cost more than its work: a 2×4×16×192×256 forward took 20 ms, 6 ms with these rows).
 inline int64_t out_row(int64_t L) { return L * std::max<int64_t>(1, 256 / L); }
 
 // Outputs larger than this (this CPU's L3) are written with non-temporal stores: they cannot stay in the cache
