@@ -874,6 +874,11 @@ inline float masked_grad(float g, float x, float a, float b, bool act) {
   const float y = x * a + b;
   return (y > 0.f && y < 6.f) ? g : 0.f;
 }
+inline v16 masked_grad(v16 g, v16 x, v16 a, v16 b, bool act) {  // the same, 16 lanes
+  if (!act) return g;
+  const v16 y = x * a + b, zero = splat(0.f);
+  return (y > zero) & (y < splat(6.f)) ? g : zero;
+}
 
 // One float's share of the sums, lane j of flat index i (see lane_sums_rows for kind 0 and 1).
 template <int kind>
@@ -898,7 +903,7 @@ void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, in
                     const float* p1, const float* p2, bool act, double* out0, double* out1) {
   // GCC vector types, not AVX-512 intrinsics: the same code builds for AVX2 (two 8-lane halves per v16)
   v16 s0[NV], s1[NV], v0[NV], v1[NV], v2[NV];
-  const v16 zero = splat(0.f), six = splat(6.f);
+  const v16 zero = splat(0.f);
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) {
     s0[v] = s1[v] = zero;
@@ -916,11 +921,7 @@ void lane_sums_rows(const float* xp, const float* gp, int64_t r0, int64_t r1, in
         s0[v] += d;
         s1[v] += d * d;
       } else {
-        v16 g = ld(gp + r * L + 16 * v);
-        if (act) {
-          const v16 y = x * v0[v] + v1[v];
-          g = (y > zero) & (y < six) ? g : zero;
-        }
+        const v16 g = masked_grad(ld(gp + r * L + 16 * v), x, v0[v], v1[v], act);
         s0[v] += g;
         s1[v] += g * (x - v2[v]);   // centred: no cancellation with mean·Σg
       }
@@ -998,6 +999,7 @@ inline void st_stream(float* p, v16 v) {  // p 64-byte aligned
   st(p, v);
 #endif
 }
+inline void st_out(float* p, v16 v, bool stream) { stream ? st_stream(p, v) : st(p, v); }
 
 // A fresh tensor like x (M×C floats), written in rows of Lo floats (the last one partial) by
 // body(out, base, n, stream), which fills out[base, base + n): n == Lo for whole rows (64-byte aligned when
@@ -1057,10 +1059,8 @@ std::vector<at::Tensor> bn_act_forward(const at::Tensor& x, const at::Tensor& we
   at::Tensor y = map_rows(x, Lo, [&](float* yp, int64_t base, int64_t n, bool stream) {
     if (n == Lo) {
       for (int64_t j = 0; j < Lo; j += 16) {
-        v16 v = ld(xp + base + j) * ld(ap + j) + ld(bp + j);
-        if (act) v = relu6(v);
-        if (stream) st_stream(yp + base + j, v);
-        else st(yp + base + j, v);
+        const v16 v = ld(xp + base + j) * ld(ap + j) + ld(bp + j);
+        st_out(yp + base + j, act ? relu6(v) : v, stream);
       }
     } else if (act) {
 #pragma omp simd
@@ -1124,19 +1124,12 @@ std::vector<at::Tensor> bn_act_backward(const at::Tensor& grad_y, const at::Tens
   }
   const float* c2p = c2L.data();
   const float* c3p = c3L.data();
-  const v16 zero = splat(0.f), six = splat(6.f);
   at::Tensor gx = map_rows(x, Lo, [&](float* op, int64_t base, int64_t n, bool stream) {
     if (n == Lo) {
       for (int64_t j = 0; j < Lo; j += 16) {
         const v16 xv = ld(xp + base + j), a = ld(ap + j);
-        v16 g = ld(gp + base + j);
-        if (act) {
-          const v16 y = xv * a + ld(bp + j);
-          g = (y > zero) & (y < six) ? g : zero;
-        }
-        const v16 v = a * g + ld(c2p + j) * xv + ld(c3p + j);
-        if (stream) st_stream(op + base + j, v);
-        else st(op + base + j, v);
+        const v16 g = masked_grad(ld(gp + base + j), xv, a, ld(bp + j), act);
+        st_out(op + base + j, a * g + ld(c2p + j) * xv + ld(c3p + j), stream);
       }
       return;
     }
