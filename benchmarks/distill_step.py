@@ -1,15 +1,18 @@
 """One TinyHD distillation step with the teacher-map cache vs with HD2S run on the fly.
 
-A distillation step = teacher maps for the batch + student forward + the Eq. 2/3 loss + backward + SGD step.
-With :class:`tinyhd.teacher.OnlineTeacher` the teacher costs one HD2S forward per target frame (16 per MIMO
-sample); with :class:`tinyhd.teacher_cache.CachedTeacher` it is a memory-mapped read. Prints the median time of
-each and the speed-up (issue 5's goal: ≥ 10×).
+A distillation step = teacher maps for the batch + student forward + the Eq. 2/3 loss + backward + SGD step,
+run by the trainer's own code (:func:`tinyhd.training.step_loss`, :func:`~tinyhd.training.make_optimizer`, its
+``GradScaler``; CPU: :mod:`tinyhd.cpu_train`; CUDA: autocast unless ``--no-amp``), so it times what
+``tinyhd train`` does per step. With :class:`tinyhd.teacher.OnlineTeacher` the teacher costs one HD2S forward per
+target frame (16 per MIMO sample); with :class:`tinyhd.teacher_cache.CachedTeacher` it is a memory-mapped read.
+Prints the median time of each and the speed-up (issue 5's goal: ≥ 10×).
 
 Uses the reduced-scale teacher (``ensure_reduced_teacher``: built once and cached, ~2–3 min the first time on a
 2-core CPU) on the synthetic set. Usage::
 
     python benchmarks/distill_step.py [--output multi|single] [--batch 2] [--repeats 3] [--threads 2]
     python benchmarks/distill_step.py --size 192x256 --videos 1 --repeats 1     # the paper's resolution
+    python benchmarks/distill_step.py --size 192x256 --videos 1 --device cuda   # on a GPU (not yet measured)
 
 Measured on this repo's 2-core AMD EPYC (Zen 4), TinyHD-M, batch 2, 192×256, 2 threads, median of 3
 (``--size 192x256 --videos 1``; 2026-11-21, machine otherwise idle):
@@ -40,8 +43,13 @@ compute-bound, which is why the ratio sits near 10×. On a GPU both sides get fa
 on-the-fly teacher also decodes and preprocesses the frames of each window on the CPU), so the GPU ratio cannot
 be inferred from these numbers: it is not measured, as no GPU was available.
 
-Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, CC 0.9998 at 192×256 (0.0017
-and 0.80–0.83 at 64×96).
+Since 2026-11-22 the step is the trainer's (``step_loss``, its SGD parameter groups with weight decay, the
+scaler), no longer a copy of it; one run of 5 steps: cached 2.11 s, on the fly 18.4 s (16.2 s of it HD2S, so the
+student's share was 2.2 s) → **8.7×**, teacher maps 1,217×.
+
+Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, max 0.0020, CC 0.9998 at
+192×256; mean 0.0009, max 0.0020, CC 1.0000 at 64×96 (2026-11-22; the 0.0017 and CC 0.80–0.83 at 64×96 noted
+here earlier did not reproduce with the current reduced teacher).
 """
 from __future__ import annotations
 
@@ -63,6 +71,12 @@ def main() -> None:
                          "3.3, 2.2, then 1.7 s for the cached TinyHD-M step at 192×256)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", default="64x96")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default) or cuda: the student, the on-the-fly HD2S and the loss run there, as "
+                         "tinyhd train does with device: cuda")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                    help="mixed precision for the student's step on CUDA, as tinyhd train (amp: true; no effect "
+                         "on a CPU)")
     ap.add_argument("--train-path", default="fast", choices=("fast", "default"),
                     help="the student's CPU training step: 'fast' = what tinyhd train does on a CPU "
                          "(tinyhd.cpu_train: channels-last + C++ backward kernels), 'default' = PyTorch's defaults")
@@ -70,19 +84,28 @@ def main() -> None:
                     help="instead of the reduced teacher's cache, cache only the first N train videos at --size "
                          "(e.g. --size 192x256 --videos 1 for the paper's resolution; the reduced HD2S is reused)")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to this process")
     torch.set_num_threads(args.threads)
-    from tinyhd.fast import keep_freed_memory
-
-    keep_freed_memory()  # as tinyhd train does on a CPU; it speeds up both teachers' steps alike
     size = tuple(int(v) for v in args.size.split("x"))
 
     import tinyhd
     from tinyhd.data import SaliencyClipDataset
-    from tinyhd.losses import distillation_loss
     from tinyhd.synth import ensure_synthetic
     from tinyhd.teacher import OnlineTeacher, load_hd2s
     from tinyhd.teacher_cache import CachedTeacher, ensure_reduced_teacher
-    from tinyhd.training import collate
+    from tinyhd.training import TrainConfig, collate, make_optimizer, step_loss
+
+    # the trainer's own step: its config defaults (SGD, the paper's lr groups), loss and AMP rules
+    cfg = TrainConfig(output=args.output, size=size, batch_size=args.batch, teacher="benchmark", distill_on="all",
+                      amp=args.amp, cpu_fast_path=args.train_path == "fast")
+    use_amp = cfg.amp and device.type == "cuda"
+    fast_path = contextlib.ExitStack()  # held until main() returns, as inside tinyhd.training.train
+    if device.type == "cpu" and cfg.cpu_fast_path:
+        from tinyhd.fast import keep_freed_memory
+
+        keep_freed_memory()  # as tinyhd train does on a CPU; it speeds up both teachers' steps alike
 
     root = ensure_synthetic("dhf1k")
     if args.videos is None:
@@ -98,29 +121,49 @@ def main() -> None:
                                     size=size, max_videos=args.videos)
     ds = SaliencyClipDataset(root, split="train", size=size, output=args.output, sampling="random", seed=0,
                              max_videos=args.videos)
-    teachers = {"cached": CachedTeacher(cache), "on the fly": OnlineTeacher(load_hd2s(ckpt), frames=ds.frames)}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    class Timed:
+        """The teacher, timing its calls (the maps' share of a step)."""
+
+        def __init__(self, teacher) -> None:
+            self.teacher, self.seconds = teacher, 0.0
+
+        def __call__(self, batch):
+            sync()
+            t0 = time.perf_counter()
+            maps = self.teacher(batch)
+            sync()
+            self.seconds = time.perf_counter() - t0
+            return maps
+
+    teachers = {"cached": Timed(CachedTeacher(cache)),
+                "on the fly": Timed(OnlineTeacher(load_hd2s(ckpt), device=device, frames=ds.frames))}
     torch.manual_seed(0)
-    student = tinyhd.TinyHD(output=args.output)
-    fast_path = contextlib.ExitStack()  # held until main() returns, as inside tinyhd.training.train
-    if args.train_path == "fast":
+    student = tinyhd.TinyHD(output=args.output).to(device)
+    if device.type == "cpu" and cfg.cpu_fast_path:
         from tinyhd.cpu_train import cpu_training
 
         fast_path.enter_context(cpu_training(student))
-    opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
-    batches = [collate([ds[(r * args.batch + j) % len(ds)] for j in range(args.batch)])
+    opt = make_optimizer(student, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    # target-set clips, tagged as the trainer's epoch mix tags them (the teacher terms apply to all of them)
+    batches = [collate([{**ds[(r * args.batch + j) % len(ds)], "source": "target"} for j in range(args.batch)])
                for r in range(args.repeats + args.warmup)]
-    clip_format = torch.channels_last_3d if args.train_path == "fast" else torch.contiguous_format
 
-    def step(teacher, batch) -> tuple[float, float]:
+    def step(teacher: Timed, batch) -> tuple[float, float]:
+        sync()
         t0 = time.perf_counter()
-        maps = teacher(batch)
-        t1 = time.perf_counter()
-        out = student(batch["clip"].contiguous(memory_format=clip_format))
-        loss = distillation_loss(out, batch, maps)["total"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - t0, t1 - t0
+        terms = step_loss(cfg, student, batch, device, use_amp, teacher, 0.0)
+        scaler.scale(terms["total"]).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync()
+        return time.perf_counter() - t0, teacher.seconds
 
     results = {}
     for name, teacher in teachers.items():
@@ -128,15 +171,18 @@ def main() -> None:
             step(teacher, b)
         times = [step(teacher, b) for b in batches[args.warmup:]]
         results[name] = (statistics.median(t for t, _ in times), statistics.median(t for _, t in times))
-    print(f"distillation step, TinyHD-{'M' if args.output == 'multi' else 'S'}, batch {args.batch}, "
-          f"{size[0]}×{size[1]}, {args.threads} CPU thread(s), {args.train_path} training path, "
+    where = (f"{torch.cuda.get_device_name(device)}{', AMP' if use_amp else ''}" if device.type == "cuda"
+             else f"{args.threads} CPU thread(s), {args.train_path} training path")
+    print(f"distillation step (tinyhd.training.step_loss), TinyHD-{'M' if args.output == 'multi' else 'S'}, "
+          f"batch {args.batch}, {size[0]}×{size[1]}, {where}, "
           f"median of {args.repeats} after {args.warmup} warm-up step(s):")
     for name, (total, teach) in results.items():
         print(f"  teacher {name:>10}: {total * 1000:9.1f} ms/step  (teacher maps {teach * 1000:9.1f} ms)")
     # the cache mirrors maps for flipped clips; how far is that from running HD2S on the mirrored clip?
     b = batches[0]
     mirrored = {**b, "clip": b["clip"].flip(-1), "flip": ~b["flip"].bool()}
-    on, ca = teachers["on the fly"](mirrored)["final"], teachers["cached"](mirrored)["final"]
+    on = teachers["on the fly"].teacher(mirrored)["final"].float().cpu()
+    ca = teachers["cached"].teacher(mirrored)["final"].float().cpu()
     r = torch.corrcoef(torch.stack([on.flatten(), ca.flatten()]))[0, 1]
     print(f"  flip by mirroring vs HD2S on the mirrored clip: mean |Δ| {float((on - ca).abs().mean()):.4f}, "
           f"max |Δ| {float((on - ca).abs().max()):.4f}, CC {float(r):.4f}")
@@ -144,7 +190,6 @@ def main() -> None:
     print(f"  speed-up of the cache: {speedup:.1f}× per step (goal ≥ 10×), "
           f"{results['on the fly'][1] / max(results['cached'][1], 1e-9):.0f}× for the teacher maps alone")
     fast_path.close()
-
 
 if __name__ == "__main__":
     main()
