@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import tinyhd
-from tinyhd.cpu_train import BatchNormAct3d, DepthwiseConv3d, batch_norm_act, cpu_training, depthwise_conv3d
+import tinyhd.cpu_train as cpu_train
+from tinyhd.cpu_train import (BatchNormAct3d, DepthwiseConv3d, batch_norm_act, cpu_training, depthwise_conv3d,
+                              pointwise_conv3d)
 
 CL = torch.channels_last_3d
 
@@ -259,3 +261,49 @@ def test_batchnorm_gradient_with_nonstandard_size1_strides(shape, grad_strides):
     assert torch.allclose(xb.grad.double(), x64.grad, atol=1e-5 * float(x64.grad.abs().max())), \
         float((xb.grad.double() - x64.grad).abs().max())
     assert torch.allclose(ours.weight.grad.double(), r64.weight.grad, atol=1e-5 * float(r64.weight.grad.abs().max()))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_layers_run_in_onednn_on_one_thread(bias, monkeypatch):
+    """With one thread PyTorch sends a 1×1×1 convolution of < 16 clips to its reference slow_conv3d (copying
+    channels-last tensors to contiguous and back, 4–8× slower); ChannelsLastConv3d folds it into a 1×1 conv2d
+    that oneDNN runs, with the same output and gradients. With two threads it is left to PyTorch."""
+    calls = []
+    monkeypatch.setattr(cpu_train, "pointwise_conv3d", lambda *a: calls.append(1) or pointwise_conv3d(*a))
+    torch.manual_seed(0)
+    conv = nn.Conv3d(14, 6, 1, bias=bias)
+    ref = copy.deepcopy(conv).double()
+    x, g = torch.randn(2, 14, 4, 8, 12), torch.randn(2, 6, 4, 8, 12)
+    x64 = x.double().requires_grad_()
+    y_ref = ref(x64)
+    y_ref.backward(g.double())
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            calls.clear()
+            with cpu_training(conv) as m:
+                xc = x.contiguous(memory_format=CL).requires_grad_()
+                with torch.profiler.profile() as prof:
+                    y = m(xc)
+                    y.backward(g.contiguous(memory_format=CL))
+                ops = {e.key for e in prof.key_averages()}
+                assert "aten::slow_conv3d_forward" not in ops and "aten::mkldnn_convolution" in ops, (n, ops)
+                assert len(calls) == (1 if n == 1 else 0)
+                assert y.shape == y_ref.shape and y.is_contiguous(memory_format=CL)
+                _close(y, y_ref.float(), 1e-5)
+                _close(xc.grad, x64.grad.float(), 1e-5)
+                for name, p in ref.named_parameters():
+                    _close(dict(m.named_parameters())[name].grad, p.grad.float(), 1e-5)
+                    dict(m.named_parameters())[name].grad = None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pointwise_conv3d_declines_what_it_cannot_fold():
+    w = torch.randn(3, 4, 1, 1, 1)
+    assert pointwise_conv3d(torch.randn(2, 4, 2, 4, 4), w) is None                        # not channels-last
+    assert pointwise_conv3d(torch.randn(16, 4, 1, 2, 2).contiguous(memory_format=CL), w) is None   # 16 clips
+    assert pointwise_conv3d(torch.randn(1, 4, 1, 1, 13).contiguous(memory_format=CL), w) is None   # 13 pixels
+    x = torch.randn(1, 4, 1, 4, 17).contiguous(memory_format=CL)                           # 68 = 17 · 4
+    _close(pointwise_conv3d(x, w), F.conv3d(x, w), 1e-6)

@@ -19,6 +19,10 @@ oneDNN's *backward* of the depthwise 3D convolutions and of the 1×1×1 convolut
    those of :class:`torch.nn.BatchNorm3d` followed by :class:`torch.nn.ReLU6`.
 4. **2× pixel shuffles** (the encoder's groups, the decoders' :class:`tinyhd.encoder.PixelShuffle3d`) are one
    C++ copy forward and one backward (:func:`pixel_shuffle2`), bit-identical to PyTorch's.
+5. **One thread:** PyTorch sends 1×1×1 convolutions to its slow reference kernel when single-threaded;
+   :class:`ChannelsLastConv3d` then runs them as one oneDNN ``conv2d`` (:func:`pointwise_conv3d`). TinyHD-M
+   steps at one thread (batch 2, 2026-11-22): 7.8 → 3.2 s at 192×256, 0.80 → 0.47 s at 64×96, 0.32 → 0.22 s
+   at 32×64 (the notebooks' reduced scale).
 
 Measured on this repo's 2-core Zen 4 CPU (TinyHD-M, batch 2, 16×192×256, SGD step, 2 threads; 2026-11-21):
 PyTorch's default path 16.9 s per step → channels-last 11.8 s → + the depthwise backward kernel 4.2 s → + the
@@ -51,7 +55,7 @@ from torch import nn
 from tinyhd.encoder import MobileNetV2Encoder3d, PixelShuffle3d, pixel_shuffle_frames
 
 __all__ = ["cpu_training", "DepthwiseConv3d", "ChannelsLastConv3d", "BatchNormAct3d", "KernelShuffleEncoder",
-           "KernelPixelShuffle3d", "depthwise_conv3d", "batch_norm_act", "pixel_shuffle2"]
+           "KernelPixelShuffle3d", "depthwise_conv3d", "batch_norm_act", "pixel_shuffle2", "pointwise_conv3d"]
 
 
 _is_finalizing = sys.is_finalizing  # bound at import: at interpreter exit the module globals may be gone
@@ -113,12 +117,51 @@ class DepthwiseConv3d(nn.Conv3d):
 class ChannelsLastConv3d(nn.Conv3d):
     """A :class:`torch.nn.Conv3d` (set by :func:`cpu_training`) that makes a training input channels-last first:
     the MIMO fusion's input is a concatenation with D1's maps expanded along T, which ``torch.cat`` returns
-    contiguous, and oneDNN's backward of the 6 → 1 convolution on it took 155 ms instead of ~20."""
+    contiguous, and oneDNN's backward of the 6 → 1 convolution on it took 155 ms instead of ~20. With one CPU
+    thread a pointwise layer runs as :func:`pointwise_conv3d` (see there)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 5:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if x.device.type == "cpu" and x.dim() == 5:
+            if torch.is_grad_enabled():
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            if _is_pointwise(self) and torch.get_num_threads() == 1:
+                y = pointwise_conv3d(x, self.weight, self.bias)
+                if y is not None:
+                    return y
         return super().forward(x)
+
+
+def _is_pointwise(conv: nn.Conv3d) -> bool:
+    return (tuple(conv.kernel_size) == (1, 1, 1) and tuple(conv.stride) == (1, 1, 1) and conv.groups == 1
+            and tuple(conv.dilation) == (1, 1, 1) and not isinstance(conv.padding, str)
+            and tuple(conv.padding) == (0, 0, 0))
+
+
+def pointwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                     ) -> torch.Tensor | None:
+    """``F.conv3d(x, weight, bias)`` for a 1×1×1 kernel (stride 1, no padding) on a channels-last CPU input, as
+    one 1×1 ``conv2d`` over the N·T·H·W pixels cut into B ≥ 16 rows (a view, no copy); None when the input is
+    not channels-last, has 16 or more clips already, or its pixel count has no divisor B in [16, 64].
+
+    Why: with one thread and fewer than 16 clips PyTorch (2.14) sends 1×1 convolutions to its reference
+    ``slow_conv3d`` instead of oneDNN ("THNN is faster when single-threaded"), which on channels-last tensors
+    also copies them to contiguous and back: TinyHD-M's pointwise layers took 4–8× longer forward + backward
+    (28 → 56 channels at 2×8×96×128: 169 ms vs 36 ms this way). A batch of B ≥ 16 images goes to oneDNN. With
+    more threads PyTorch already picks oneDNN, and :class:`ChannelsLastConv3d` only folds with one thread.
+    """
+    N, C, T, H, W = x.shape
+    if N >= 16 or not x.is_contiguous(memory_format=torch.channels_last_3d):
+        return None
+    M = N * T * H * W
+    B = next((b for b in range(16, 65) if M % b == 0), None)
+    if B is None:
+        return None
+    Co = weight.shape[0]
+    x4 = x.permute(0, 2, 3, 4, 1).reshape(B, M // B, C).permute(0, 2, 1).unsqueeze(2)   # B×C×1×S, a view
+    y4 = F.conv2d(x4, weight.view(Co, C, 1, 1))                                       # B×Co×1×S
+    if bias is not None:  # added apart: oneDNN's float32 bias gradient over ~10⁵ pixels is ~100× less exact
+        y4 = y4 + bias.view(1, Co, 1, 1)
+    return y4.permute(0, 2, 3, 1).reshape(N, T, H, W, Co).permute(0, 4, 1, 2, 3)      # N×Co×T×H×W
 
 
 def _is_plain_depthwise(conv: nn.Conv3d) -> bool:
