@@ -149,6 +149,38 @@ def test_forward_shapes_and_ranges(hd2s):
     torch.testing.assert_close(out.saliency[:, 0], manual)
 
 
+def test_backbone_pools_give_pytorchs_values_without_autograd_and_its_gradients_with(hd2s):
+    """S3D's max pools run as three 1-D maxima outside autograd (PyTorch's CPU max_pool3d was a third of an
+    HD2S forward): the same maps bit for bit; with gradients they are PyTorch's pooling (a tie's gradient to one
+    input, as in the authors' code)."""
+    import torch.nn.functional as F
+
+    from tinyhd.s3d import SeparableMaxPool3d
+
+    pools = [m for m in hd2s.featureExtractor.modules() if isinstance(m, torch.nn.MaxPool3d)]
+    assert len(pools) == 13 and all(type(m) is SeparableMaxPool3d for m in pools)
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 6, 8, 10, 12))  # ReLU outputs: many tied zeros
+    for m in pools:
+        with torch.no_grad():
+            assert torch.equal(m(x), F.max_pool3d(x, m.kernel_size, m.stride, m.padding)), m
+        xg = x.clone().requires_grad_()
+        y = m(xg)
+        assert "MaxPool3DWithIndices" in type(y.grad_fn).__name__
+    clip = torch.rand(1, 3, 16, 64, 96) * 2 - 1
+    hd2s.eval()
+    with torch.no_grad():
+        ours = hd2s(clip)
+        for m in pools:
+            m.__class__ = torch.nn.MaxPool3d
+        try:
+            ref = hd2s(clip)
+        finally:
+            for m in pools:
+                m.__class__ = SeparableMaxPool3d
+    assert torch.equal(ours.saliency, ref.saliency) and torch.equal(ours.conspicuity, ref.conspicuity)
+
+
 @needs_spec
 def test_layer_shapes_match_the_authors_at_128x192(hd2s):
     ref = json.loads((SPEC / "hd2s_layer_shapes.json").read_text())["128x192"]

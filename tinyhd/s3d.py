@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tinyhd.errors import UserError
@@ -58,6 +59,48 @@ def _kinetics_features(pretrained: bool) -> nn.Sequential:
         ) from exc
 
 
+def _max_along(x: torch.Tensor, dim: int, k: int, s: int, p: int) -> torch.Tensor:
+    """1-D max pooling of ``x`` along ``dim`` (kernel k, stride s, padding p with −inf, floor mode)."""
+    if k == 1 and s == 1:
+        return x
+    if p:
+        pad = [0, 0] * (x.dim() - 1 - dim) + [p, p]
+        x = F.pad(x, pad, value=float("-inf"))
+    n_out = (x.shape[dim] - k) // s + 1
+    taps = []
+    for j in range(k):
+        idx = [slice(None)] * x.dim()
+        idx[dim] = slice(j, j + (n_out - 1) * s + 1, s)
+        taps.append(x[tuple(idx)])
+    if k == 1:
+        return taps[0].clone()
+    y = torch.maximum(taps[0], taps[1])
+    for t in taps[2:]:
+        torch.maximum(y, t, out=y)
+    return y
+
+
+class SeparableMaxPool3d(nn.MaxPool3d):
+    """S3D's max pooling (set on the backbone's :class:`torch.nn.MaxPool3d` modules through ``__class__``): outside
+    autograd (teacher maps, the teacher cache, evaluation) a box maximum is computed as three 1-D maxima (W, H,
+    T) over strided views of the input — the same values bit for bit, as max is exact — because PyTorch's (2.14)
+    CPU ``max_pool3d`` on contiguous tensors was a third of an HD2S forward (2 threads, 4 windows at 192×256:
+    636 of 1,742 ms; the 3×3×3 stride-1 pools of the Inception branches 188 → 17 ms at 4×192×8×24×32). With
+    gradients it is PyTorch's pooling, which sends a tie's gradient to one input as the authors' code does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.requires_grad and torch.is_grad_enabled()) or self.return_indices or self.ceil_mode \
+                or x.dim() != 5 or x.device.type != "cpu":
+            return super().forward(x)
+        k, s, p, d = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
+                      for v in (self.kernel_size, self.stride or self.kernel_size, self.padding, self.dilation))
+        if d != (1, 1, 1):
+            return super().forward(x)
+        for dim in (4, 3, 2):  # W, H, T: the strided (shrinking) passes first
+            x = _max_along(x, dim, k[dim - 2], s[dim - 2], p[dim - 2])
+        return x
+
+
 class S3DBackbone(nn.Module):
     """S3D split into ``block1`` … ``block5``; ``forward`` returns the taps (f2, f3, f4, f5).
 
@@ -70,6 +113,9 @@ class S3DBackbone(nn.Module):
         features = _kinetics_features(pretrained)
         for name, idx in BLOCKS.items():
             self.add_module(name, nn.Sequential(*(features[i] for i in idx)))
+        for mod in self.modules():
+            if type(mod) is nn.MaxPool3d:
+                mod.__class__ = SeparableMaxPool3d
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f1 = self.block1(x)     # B×64×T/2×H/4×W/4 (unused by HD2S's decoders)
