@@ -45,7 +45,12 @@ be inferred from these numbers: it is not measured, as no GPU was available.
 
 Since 2026-11-22 the step is the trainer's (``step_loss``, its SGD parameter groups with weight decay, the
 scaler), no longer a copy of it; one run of 5 steps: cached 2.11 s, on the fly 18.4 s (16.2 s of it HD2S, so the
-student's share was 2.2 s) → **8.7×**, teacher maps 1,217×.
+student's share was 2.2 s) → **8.7×**, teacher maps 1,217×. Then HD2S's max pools stopped going through
+PyTorch's slow CPU ``max_pool3d`` (:class:`tinyhd.s3d.SeparableMaxPool3d`, bit-identical maps), which made the
+teacher itself ~1.55× faster (32 windows: 16.2 → 10.4 s, ~325 ms per window, its convolutions now ~75 % of
+this CPU's FMA peak): cached 1.97 s, on the fly 12.4 s → **6.3×** per step, 804× for the maps. A faster
+teacher is what every CPU user of it wants (``tinyhd cache-teacher`` included), and it moves this ratio away
+from 10×: on this CPU the goal would now need a ~1.2 s student step.
 
 Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, max 0.0020, CC 0.9998 at
 192×256; mean 0.0009, max 0.0020, CC 1.0000 at 64×96 (2026-11-22; the 0.0017 and CC 0.80–0.83 at 64×96 noted
