@@ -158,12 +158,16 @@ def test_cached_teacher_errors_name_the_cache(cache, data_root, tmp_path):
         CachedTeacher(tmp_path)
 
 
-def test_cli_builds_a_cache(tmp_path, hd2s, data_root):
+def test_cli_builds_a_cache(tmp_path, hd2s, data_root, monkeypatch):
+    import tinyhd.fast
+
+    kept = []  # on a CPU the command keeps freed pages, as tinyhd predict does (HD2S re-faulted GBs per batch)
+    monkeypatch.setattr(tinyhd.fast, "keep_freed_memory", lambda: kept.append(True) or True)
     ckpt = tmp_path / "hd2s.pt"
     save_hd2s(hd2s, ckpt)
     rc = cli_main([str(ckpt), str(data_root), "--out", str(tmp_path / "c"), "--size", "32x64", "--splits", "val",
                    "--dtype", "float16", "--device", "cpu"])
-    assert rc == 0
+    assert rc == 0 and kept == [True]
     arr = np.load(tmp_path / "c" / "002.npy")
     assert arr.shape == (17, 5, 32, 64) and arr.dtype == np.float16
     with pytest.raises(UserError, match="no split 'nope'"):
