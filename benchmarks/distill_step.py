@@ -106,11 +106,6 @@ def main() -> None:
     cfg = TrainConfig(output=args.output, size=size, batch_size=args.batch, teacher="benchmark", distill_on="all",
                       amp=args.amp, cpu_fast_path=args.train_path == "fast")
     use_amp = cfg.amp and device.type == "cuda"
-    fast_path = contextlib.ExitStack()  # held until main() returns, as inside tinyhd.training.train
-    if device.type == "cpu" and cfg.cpu_fast_path:
-        from tinyhd.fast import keep_freed_memory
-
-        keep_freed_memory()  # as tinyhd train does on a CPU; it speeds up both teachers' steps alike
 
     root = ensure_synthetic("dhf1k")
     if args.videos is None:
@@ -149,9 +144,12 @@ def main() -> None:
                 "on the fly": Timed(OnlineTeacher(load_hd2s(ckpt), device=device, frames=ds.frames))}
     torch.manual_seed(0)
     student = tinyhd.TinyHD(output=args.output).to(device)
-    if device.type == "cpu" and cfg.cpu_fast_path:
+    fast_path = contextlib.ExitStack()  # held until main() returns, as inside tinyhd.training.train
+    if device.type == "cpu" and cfg.cpu_fast_path:  # what tinyhd train does on a CPU
         from tinyhd.cpu_train import cpu_training
+        from tinyhd.fast import keep_freed_memory
 
+        keep_freed_memory()  # it speeds up both teachers' steps alike
         fast_path.enter_context(cpu_training(student))
     opt = make_optimizer(student, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)

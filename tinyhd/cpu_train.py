@@ -124,7 +124,7 @@ class ChannelsLastConv3d(nn.Conv3d):
         if x.device.type == "cpu" and x.dim() == 5:
             if torch.is_grad_enabled():
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            if _is_pointwise(self) and torch.get_num_threads() == 1:
+            if torch.get_num_threads() == 1 and _is_pointwise(self):
                 y = pointwise_conv3d(x, self.weight, self.bias)
                 if y is not None:
                     return y

@@ -93,7 +93,7 @@ class SeparableMaxPool3d(nn.MaxPool3d):
                 or x.dim() != 5 or x.device.type != "cpu":
             return super().forward(x)
         k, s, p, d = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
-                      for v in (self.kernel_size, self.stride or self.kernel_size, self.padding, self.dilation))
+                      for v in (self.kernel_size, self.stride, self.padding, self.dilation))
         if d != (1, 1, 1):
             return super().forward(x)
         for dim in (4, 3, 2):  # W, H, T: the strided (shrinking) passes first
