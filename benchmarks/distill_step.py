@@ -52,6 +52,14 @@ this CPU's FMA peak): cached 1.97 s, on the fly 12.4 s → **6.3×** per step, 8
 teacher is what every CPU user of it wants (``tinyhd cache-teacher`` included), and it moves this ratio away
 from 10×: on this CPU the goal would now need a ~1.2 s student step.
 
+Why the student step cannot get there layer by layer on this CPU (2026-11-22): one cached TinyHD-M step at
+192×256 (batch 2) allocates 9.1 GB of activations, gradients and temporaries (the profiler's memory events over
+one steady-state step). Writing each of them once and reading it once is ≥ 18 GB of memory traffic, i.e.
+≥ 0.8–0.9 s at this machine's 20–22 GB/s copy bandwidth (``torch.Tensor.copy_`` of 1 GiB, 2 threads), before
+any BatchNorm's second pass or any compute-bound convolution. The step runs at 1.75–1.95 s, ~2.2× that floor;
+1.2 s would mean running within ~1.4× of it everywhere. What would get there is fewer tensors: the IRBs'
+batch-statistics BatchNorms fused into the neighbouring convolutions (a training-mode fused IRB), or a GPU.
+
 Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, max 0.0020, CC 0.9998 at
 192×256; mean 0.0009, max 0.0020, CC 1.0000 at 64×96 (2026-11-22; the 0.0017 and CC 0.80–0.83 at 64×96 noted
 here earlier did not reproduce with the current reduced teacher).

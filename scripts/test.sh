@@ -6,4 +6,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-exec python -m pytest tests notebooks --nbval-lax -p no:cacheprovider "$@"
+# testpaths (pyproject.toml) are tests/ and notebooks/: this is the plain `pytest --nbval-lax` of the design card
+exec python -m pytest --nbval-lax -p no:cacheprovider "$@"

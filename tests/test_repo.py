@@ -165,3 +165,19 @@ def test_preprocess_rejects_float_and_wrong_layout():
         tinyhd.preprocess(np.zeros((3, 16, 64, 64), np.uint8))
     gray = tinyhd.preprocess(np.zeros((4, 64, 80), np.uint8), size=None)
     assert gray.shape == (3, 4, 64, 80)
+
+
+def test_plain_pytest_nbval_lax_collects_the_notebooks():
+    """The design card's `pytest --nbval-lax`, run from the repository root with no path, checks every notebook
+    as well as the tests (pyproject's testpaths); plain `pytest` collects no notebook."""
+    def collected(*args: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return [line for line in out.stdout.splitlines() if "::" in line]
+
+    notebooks = {p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    with_nbval = {line.split("::")[0].rsplit("/", 1)[-1] for line in collected("--nbval-lax")
+                  if line.split("::")[0].endswith(".ipynb")}
+    assert with_nbval == notebooks
+    assert not [line for line in collected() if ".ipynb" in line]
