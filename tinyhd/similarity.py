@@ -34,26 +34,42 @@ def _metric(metric: str | Callable[[np.ndarray, np.ndarray], float]) -> Callable
     return table[metric.lower()]
 
 
-def similarity_matrix(predictions: Mapping[str, np.ndarray | Sequence[np.ndarray]], gt: np.ndarray | None = None,
+def _as_frames(name: str, v) -> np.ndarray | list[np.ndarray]:
+    """A model's maps as an N×H×W array, or as a list of N H×W arrays when their sizes differ."""
+    if isinstance(v, np.ndarray):
+        if v.ndim != 3:
+            raise UserError(f"{name!r}: maps must be N×H×W, got an array of shape {v.shape}")
+        return v
+    frames = [np.asarray(f) for f in v]
+    bad = [i for i, f in enumerate(frames) if f.ndim != 2]
+    if bad:
+        raise UserError(f"{name!r}: map {bad[0]} has shape {frames[bad[0]].shape}; every map must be H×W")
+    return np.stack(frames) if len({f.shape for f in frames}) == 1 and frames else frames
+
+
+def similarity_matrix(predictions: Mapping[str, np.ndarray | Sequence[np.ndarray]], gt=None,
                       metric: str | Callable[[np.ndarray, np.ndarray], float] = "cc"):
     """Mean per-frame similarity between every pair of models (and the ground truth, if given).
 
-    ``predictions``: name -> N×H×W maps (any dtype/size; they are resized to the second map's size by the metric),
-    the same N frames for every model. ``gt``: N×H×W GT density maps or None. Returns a symmetric
-    ``pandas.DataFrame`` (rows/columns: the model names, then ``"ground truth"``) whose diagonal is 1; frames where
-    the metric is undefined (NaN: a constant map) are skipped.
+    ``predictions``: name -> N×H×W maps, or a sequence of N H×W maps of any sizes (any dtype; the metric resizes
+    its first argument to the second's size), the same N frames for every model. ``gt``: the N GT density maps
+    (an N×H×W array or a sequence of H×W maps) or None. Returns a symmetric ``pandas.DataFrame`` (rows/columns:
+    the model names, then ``"ground truth"``) whose diagonal is 1; frames where the metric is undefined (NaN: a
+    constant map) are skipped.
     """
     import pandas as pd
 
     fn = _metric(metric)
-    maps = {name: np.asarray(v) for name, v in predictions.items()}
+    maps = {name: _as_frames(name, v) for name, v in predictions.items()}
     if gt is not None:
-        maps[GROUND_TRUTH] = np.asarray(gt)
+        maps[GROUND_TRUTH] = _as_frames(GROUND_TRUTH, gt)
     if len(maps) < 2:
         raise UserError("similarity_matrix needs at least two sets of maps")
     n = {k: len(v) for k, v in maps.items()}
     if len(set(n.values())) != 1:
         raise UserError(f"every model needs the same frames; got frame counts {n}")
+    if not next(iter(n.values())):
+        raise UserError("similarity_matrix got no frames (every set of maps is empty)")
     names = list(maps)
     out = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
     for i, a in enumerate(names):
@@ -76,44 +92,87 @@ def agreement_summary(matrix) -> dict[str, float]:
             "model_vs_gt": float(np.nanmean([matrix.loc[n, GROUND_TRUTH] for n in names]))}
 
 
-def _frame_file(folder: Path, index: int, files: list[Path] | None) -> Path:
-    for name in (f"{index + 1:04d}.png", f"{index:04d}.png", f"{index + 1:03d}.png", f"{index + 1}.png"):
-        if (folder / name).is_file():
-            return folder / name
-    if files is not None and index < len(files):
-        return files[index]
-    raise DataError(f"{folder}: no predicted map for frame {index} (expected e.g. {index + 1:04d}.png)")
+def _frame_files(folder: Path, n_frames: int) -> list[Path]:
+    """The predicted map of each of a video's ``n_frames`` frames in ``folder``.
+
+    Numbered files (``0001.png``, ``1.png`` ...) are matched by number, counting from the folder's first number,
+    which must be 0 or 1 (DHF1K results are usually shared 1-based, as its annotation; some tools write 0-based);
+    otherwise the images in natural name order. Either way the folder must hold exactly one map per frame: a
+    missing, extra or duplicated number would shift every map after it against the ground truth.
+    """
+    from tinyhd.video import list_images
+
+    files = list_images(folder)
+    if not files:
+        raise DataError(f"{folder}: no image files (expected one predicted map per frame, e.g. 0001.png)")
+    if all(f.stem.isdigit() for f in files):
+        by_number: dict[int, Path] = {}
+        for f in files:
+            other = by_number.setdefault(int(f.stem), f)
+            if other != f:
+                raise DataError(f"{folder}: {other.name} and {f.name} both claim frame number {int(f.stem)}")
+        numbers = sorted(by_number)
+        first = numbers[0]
+        if first not in (0, 1):
+            raise DataError(f"{folder}: the maps are numbered from {by_number[first].name}; expected the first "
+                            f"frame's map to be numbered 0 or 1 (e.g. 0001.png)")
+        missing = [first + t for t in range(n_frames) if first + t not in by_number]
+        extra = [k for k in numbers if k - first >= n_frames]
+        if missing or extra:
+            what = (f"no map numbered {missing[0]} (frame {missing[0] - first})" if missing
+                    else f"{len(extra)} map(s) past the last frame, e.g. {by_number[extra[0]].name}")
+            raise DataError(f"{folder}: holds {len(files)} maps numbered {first}–{numbers[-1]} for a video with "
+                            f"{n_frames} annotated frames: {what}")
+        return [by_number[first + t] for t in range(n_frames)]
+    if len(files) != n_frames:
+        raise DataError(f"{folder}: holds {len(files)} maps for a video with {n_frames} annotated frames "
+                        f"(name them by frame number, e.g. 0001.png, to use a subset)")
+    return files
 
 
 def load_prediction_dirs(prediction_dirs: Mapping[str, str | os.PathLike], data_root: str | os.PathLike,
                          split: str = "val", dataset: str = "dhf1k", videos: Sequence[str] | None = None,
-                         every: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Predicted PNG maps from folders laid out ``<dir>/<video id>/<frame>.png`` (``0001.png`` = first frame, as
-    DHF1K results are usually shared; otherwise the sorted PNGs), aligned with the GT of ``data_root``'s split.
+                         every: int = 1) -> tuple[dict[str, np.ndarray | list[np.ndarray]], np.ndarray | list[np.ndarray]]:
+    """Predicted maps from folders laid out ``<dir>/<video id>/<frame>.png``, aligned with the GT of
+    ``data_root``'s split: one map per annotated frame, numbered from 1 (``0001.png``, as DHF1K results are
+    usually shared) or from 0, or any names in natural order (:func:`_frame_files`).
 
-    Every ``every``-th frame of each video is used. Returns (name -> N×h×w float32 in [0, 1], GT N×H×W float32);
-    predictions keep their own size (the metrics resize them to the GT's).
+    Every ``every``-th frame of each video is used. A map whose size differs from its GT frame's is resized to it
+    (MATLAB ``imresize``, :func:`tinyhd.metrics.imresize`: what the benchmark does before scoring it). Returns
+    (name -> maps, GT maps), float32 in [0, 1] (a resized map may overshoot slightly, as in the benchmark), each
+    an N×H×W array, or a list of N H×W arrays when the videos differ in size (:func:`similarity_matrix` takes
+    both).
     """
     from tinyhd.data import SaliencyClipDataset
-    from tinyhd.video import list_images, read_image
+    from tinyhd.metrics import imresize
+    from tinyhd.video import read_image
 
+    if int(every) < 1:
+        raise UserError(f"every must be a positive frame step, got {every!r}")
     ds = SaliencyClipDataset(data_root, split=split, dataset=dataset, size=None, videos=videos)
     preds: dict[str, list[np.ndarray]] = {name: [] for name in prediction_dirs}
     gts: list[np.ndarray] = []
     for vid in ds.video_ids:
         gt = ds.ground_truth(vid).maps
-        frames = range(0, len(gt), max(1, int(every)))
+        frames = range(0, len(gt), int(every))
         gts += [gt[t] for t in frames]
         for name, d in prediction_dirs.items():
             folder = Path(d).expanduser() / vid
             if not folder.is_dir():
                 raise DataError(f"{folder}: no predictions for video {vid} of model {name!r}")
-            files = list_images(folder)
-            preds[name] += [read_image(_frame_file(folder, t, files), grayscale=True).astype(np.float32) / 255.0
-                            for t in frames]
+            files = _frame_files(folder, len(gt))
+            for t in frames:
+                m = read_image(files[t], grayscale=True).astype(np.float32) / 255.0
+                if m.shape != gt[t].shape:
+                    m = imresize(m, gt[t].shape).astype(np.float32)
+                preds[name].append(m)
     if not gts:
         raise DataError(f"{data_root}: no frames in split {split!r}")
-    return {k: np.stack(v) for k, v in preds.items()}, np.stack(gts)
+
+    def pack(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
+
+    return {k: pack(v) for k, v in preds.items()}, pack(gts)
 
 
 def predict_maps(model, frames: np.ndarray, size: Sequence[int], indices: Sequence[int] | None = None,
@@ -131,6 +190,12 @@ def predict_maps(model, frames: np.ndarray, size: Sequence[int], indices: Sequen
     from tinyhd.teacher import HD2S, window_indices
 
     indices = list(range(len(frames))) if indices is None else [int(i) for i in indices]
+    if not indices:
+        raise UserError("predict_maps: no frame indices given")
+    bad = [i for i in indices if not 0 <= i < len(frames)]
+    if bad:
+        raise UserError(f"predict_maps: frame index {bad[0]} is outside the video's {len(frames)} frames "
+                        f"(0–{len(frames) - 1})")
     x = preprocess(frames, tuple(size))                                        # 3×N×H×W
     is_hd2s = isinstance(model, HD2S)
     if is_hd2s:
