@@ -118,10 +118,29 @@ def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
     torch.save({**sd, "last_conv.weight": torch.zeros(1, 5, 1, 1)}, tmp_path / "shape.pth")
     with pytest.raises(CheckpointError, match=r"shape\.pth.*last_conv\.weight"):
         load_official_hd2s(tmp_path / "shape.pth")
+    # backbone keys are named as in the file (the authors' names), not in torchvision's layout
+    gone = {k: v for k, v in sd.items() if k != "featureExtractor.block1.0.bn_s.num_batches_tracked"}
+    torch.save(gone, tmp_path / "missing_bb.pth")
+    with pytest.raises(CheckpointError, match=r"missing_bb\.pth.*1 missing key\(s\) "
+                                              r"\['featureExtractor\.block1\.0\.bn_s\.num_batches_tracked'\]"):
+        load_official_hd2s(tmp_path / "missing_bb.pth")
+    extra = "featureExtractor.block9.0.conv.weight"
+    assert extra not in sd
+    torch.save({**sd, extra: torch.zeros(1)}, tmp_path / "extra_bb.pth")
+    with pytest.raises(CheckpointError, match=r"extra_bb\.pth.*1 unexpected key\(s\) "
+                                              r"\['featureExtractor\.block9\.0\.conv\.weight'\]"):
+        load_official_hd2s(tmp_path / "extra_bb.pth")
+    # unreadable files: what is wrong, not only the file
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pth"):
+    with pytest.raises(CheckpointError, match=r"junk\.pth: not a readable PyTorch checkpoint .*: \w+Error"):
         load_official_hd2s(tmp_path / "junk.pth")
-    with pytest.raises(CheckpointError, match="nowhere.pth"):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pth: empty file \(0 bytes"):
+        load_official_hd2s(tmp_path / "empty.pth")
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(CheckpointError, match=r"folder\.pth: not a file"):
+        load_official_hd2s(tmp_path / "folder.pth")
+    with pytest.raises(CheckpointError, match="nowhere.pth: no such checkpoint file"):
         load_official_hd2s(tmp_path / "nowhere.pth")
 
 

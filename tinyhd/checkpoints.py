@@ -68,19 +68,28 @@ def our_key_to_official(key: str, decoders: tuple[str, ...] = OFFICIAL_DECODERS)
 
 
 # ------------------------------------------------------------------------------------------ raw loading
-def _torch_load(path: Path, map_location: Any) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError naming ``path``."""
+def read_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError naming ``path`` and what
+    is wrong (missing, a folder, truncated or not a PyTorch file, pickled code). Every checkpoint reader uses it."""
+    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file (a checkpoint is one .pth/.pt file)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes; an interrupted download or copy?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        detail = f"it references {found.group(1)}" if found else str(exc).splitlines()[0]
-        raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors and plain "
-                              f"containers, which could run code ({detail})") from exc
+        if found:
+            raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors and plain "
+                                  f"containers, which could run code (it references {found.group(1)})") from exc
+        # not a pickle the weights-only reader understands at all (a text file, another format, garbage)
+        why = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        detail = why.group(1).strip() if why else str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another format?): "
+                              f"{type(exc).__name__}: {detail}") from exc
     except Exception as exc:  # truncated zip, text file, wrong magic number, ...
         msg = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
@@ -176,7 +185,7 @@ def load_official_checkpoint(path: str | os.PathLike, map_location: str | torch.
     >>> model = load_official_checkpoint("d123m_rc4_rc1T.pth")   # TinyHD-M ×¼, D1 single-output
     """
     path = Path(path)
-    obj = _torch_load(path, map_location)
+    obj = read_torch_file(path, map_location)
     if not isinstance(obj, Mapping) or "student_model" not in obj:
         raise CheckpointError(f"{path}: expected the authors' format {{'student_model': state_dict}}, found "
                               f"{_describe(obj)}")
@@ -226,7 +235,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a TinyHD from our format, a training ``last.pt`` (``"model"`` + ``"config"``), or the authors'
     ``{"student_model": ...}`` files. The model is returned in eval mode."""
     path = Path(path)
-    obj = _torch_load(path, map_location)
+    obj = read_torch_file(path, map_location)
     if isinstance(obj, Mapping) and "student_model" in obj:
         return load_official_checkpoint(path, map_location)
     if isinstance(obj, Mapping) and "model" in obj and "config" in obj:

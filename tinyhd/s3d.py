@@ -179,13 +179,15 @@ def load_kylemin_s3d(backbone: S3DBackbone, path: str | Path) -> None:
     """
     from tinyhd.errors import CheckpointError
 
+    from tinyhd.checkpoints import read_torch_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such file (kylemin/S3D's S3D_kinetics400.pt)")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
+    sd = read_torch_file(path)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: expected a bare state dict (name -> tensor), as kylemin/S3D's "
+                              f"S3D_kinetics400.pt")
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     ours = backbone.state_dict()
     mapped, unexpected = {}, []

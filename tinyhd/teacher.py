@@ -557,6 +557,14 @@ def _model_for_official_keys(keys: Sequence[str]) -> nn.Module:
     return HD2S()
 
 
+def _official_name(key: str) -> str:
+    """One of our state-dict keys as the authors' checkpoint names it (for error messages)."""
+    try:
+        return our_key_to_official(key)
+    except KeyError:
+        return key
+
+
 def load_official_hd2s(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Load the HD2S authors' checkpoint (a bare state dict, 868 entries for the base model) *strictly*.
 
@@ -565,13 +573,10 @@ def load_official_hd2s(path: str | Path, map_location: str | torch.device = "cpu
     the load with a :class:`~tinyhd.errors.CheckpointError` naming the file and the keys. Returns the model in
     eval mode.
     """
+    from tinyhd.checkpoints import read_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        sd = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise CheckpointError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
+    sd = read_torch_file(path, map_location)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -579,14 +584,16 @@ def load_official_hd2s(path: str | Path, map_location: str | torch.device = "cpu
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}  # DataParallel saves
     model = _model_for_official_keys(list(sd))
     ours = model.state_dict()
-    renamed, unknown = {}, []
+    renamed, source, unknown = {}, {}, []
     for k, v in sd.items():
         try:
             renamed[official_key_to_ours(k)] = v
+            source[official_key_to_ours(k)] = k
         except KeyError:
             unknown.append(k)
-    missing = sorted(set(ours) - set(renamed))
-    unexpected = sorted(unknown + [k for k in renamed if k not in ours])
+    # both lists in the authors' names, as they are (or should be) in the file
+    missing = sorted(_official_name(k) for k in set(ours) - set(renamed))
+    unexpected = sorted(unknown + [source[k] for k in renamed if k not in ours])
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: not an HD2S checkpoint in the authors' layout for {type(model).__name__}: "
@@ -619,13 +626,10 @@ def save_hd2s(model: HD2S, path: str | Path, **extra) -> None:
 def load_hd2s(path: str | Path, map_location: str | torch.device = "cpu") -> HD2S:
     """Load an HD2S written by :func:`save_hd2s` or, failing that, the authors' bare state dict
     (:func:`load_official_hd2s`). Strict either way; returns the model in eval mode."""
+    from tinyhd.checkpoints import read_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    obj = read_torch_file(path, map_location)
     if not (isinstance(obj, dict) and obj.get("format") == "hd2s"):
         return load_official_hd2s(path, map_location)
     cls = VARIANTS.get(obj.get("variant", ""))
@@ -637,13 +641,15 @@ def load_hd2s(path: str | Path, map_location: str | torch.device = "cpu") -> HD2
         sd = {official_key_to_ours(k): v for k, v in obj["model"].items()}
     except KeyError as exc:
         raise CheckpointError(f"{path}: unknown key {exc} for {cls.__name__}") from None
-    missing, unexpected = sorted(set(ours) - set(sd)), sorted(set(sd) - set(ours))
+    missing = sorted(_official_name(k) for k in set(ours) - set(sd))
+    unexpected = sorted(_official_name(k) for k in set(sd) - set(ours))
     if missing or unexpected:
         raise CheckpointError(f"{path}: {len(missing)} missing key(s) {missing[:5]}, {len(unexpected)} unexpected "
                               f"key(s) {unexpected[:5]} for {cls.__name__}")
-    bad = [k for k in sd if tuple(sd[k].shape) != tuple(ours[k].shape)]
+    bad = [f"{_official_name(k)}: file {tuple(sd[k].shape)} vs model {tuple(ours[k].shape)}"
+           for k in sd if tuple(sd[k].shape) != tuple(ours[k].shape)]
     if bad:
-        raise CheckpointError(f"{path}: wrong shape for {bad[:3]}")
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) with the wrong shape, e.g. {bad[:3]}")
     model.load_state_dict(sd, strict=True)
     return model.eval()
 
