@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -50,10 +51,23 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ({"reduce_factor": 2}, "reduce_factor"),        # no init_from
     ({"teacher": "magic:x", "distill_on": "all"}, "teacher"),
     ({"batch_size": 0}, "batch_size"),
+    ({"flip": "maybe"}, "flip"),                    # a truthy string is not true
+    ({"amp": 1}, "amp"),
+    ({"epochs": 2.5}, "epochs"),
+    ({"lr": "fast"}, "lr"),
+    ({"dataset": 3}, "dataset"),
 ])
 def test_bad_values_are_named(values, field):
     with pytest.raises(UserError, match=f"cfg.yaml: {field}"):
         config_from_dict({"distill_on": "none", **values}, source="cfg.yaml")
+
+
+def test_scalar_fields_take_their_type_and_numbers_written_as_yaml_strings():
+    """PyYAML reads ``1e-3`` as a string: a float field takes it as the number; numpy scalars (a notebook's
+    computed values) pass as their Python kinds."""
+    cfg = config_from_dict(yaml.safe_load("distill_on: none\nlr: 1e-3\nflip: false\n"), source="cfg.yaml")
+    assert cfg.lr == 0.001 and isinstance(cfg.lr, float) and cfg.flip is False
+    TrainConfig(distill_on="none", max_steps=np.int64(3), flip=np.bool_(True), lr=np.float32(0.01)).validate()
 
 
 def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):

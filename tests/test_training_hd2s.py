@@ -57,7 +57,9 @@ def test_kind_defaults_and_tinyhd_unchanged():
 
 @pytest.mark.parametrize("values, field", [
     ({"model": "hd2s3"}, "model"),
-    ({"model": "hd2s", "distill_on": "all", "teacher": "reduced"}, "distill_on"),
+    ({"model": "hd2s", "distill_on": "all", "teacher": "reduced"}, "teacher"),
+    ({"model": "hd2s", "teacher": "cache:/x"}, "teacher"),         # was blamed on distill_on
+    ({"model": "hd2s", "distill_on": "all"}, "distill_on"),        # was "needs a teacher"
     ({"model": "hd2s", "output": "multi"}, "output"),
     ({"model": "hd2s", "clip_len": 10}, "clip_len"),
     ({"model": "hd2s", "optimizer": "sgd"}, "optimizer"),

@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 import random
 import sys
@@ -173,6 +174,9 @@ class TrainConfig:
         if self.model not in MODELS:
             raise bad("model", f"must be one of {MODELS}")
         self.__post_init__()  # fields set to None after construction
+        self._validate_types(bad)
+        if self.model in HD2S_MODELS:  # first: its rules name the field to change (e.g. no teacher at all)
+            self._validate_hd2s(bad)
         if self.output not in ("single", "multi"):
             raise bad("output", "must be 'single' or 'multi'")
         if self.distill_on not in DISTILL_ON:
@@ -200,23 +204,48 @@ class TrainConfig:
             raise bad("aux_per_target", "must be >= 0")
         if self.teacher and not (self.teacher == "reduced" or self.teacher.split(":", 1)[0] in ("cache", "hd2s", "student")):
             raise bad("teacher", "must be cache:PATH, hd2s:CKPT, student:CKPT or reduced")
-        if not isinstance(self.cpu_fast_path, bool):
-            raise bad("cpu_fast_path", "must be true or false")
         if int(self.accumulation) < 1:
             raise bad("accumulation", "must be at least 1")
         if self.head_lr_mult <= 0:
             raise bad("head_lr_mult", "must be positive")
         if self.val_every is not None and int(self.val_every) < 0:
             raise bad("val_every", "must be >= 0 (0: never validate) or null (every epoch)")
-        if self.model in HD2S_MODELS:
-            self._validate_hd2s(bad)
         return self
+
+    def _validate_types(self, bad: Callable[[str, str], UserError]) -> None:
+        """Scalar fields hold their annotated type: YAML reads ``maybe`` or ``yes please`` as a string, which
+        would otherwise pass for true. A float field also takes a number written as a string (PyYAML reads
+        ``1e-3`` as one) and stores it as a float."""
+        words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+        for f in fields(self):
+            parts = [p.strip() for p in str(f.type).split("|")]
+            kinds = [p for p in parts if p != "None"]
+            if len(kinds) != 1 or kinds[0] not in words:
+                continue
+            kind, value = kinds[0], getattr(self, f.name)
+            if value is None and "None" in parts:
+                continue
+            if kind == "float" and isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+                else:
+                    setattr(self, f.name, value)
+            ok = {"bool": lambda v: isinstance(v, (bool, np.bool_)),          # numpy scalars from notebooks too
+                  "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)),
+                  "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)),
+                  "str": lambda v: isinstance(v, (str, os.PathLike))}[kind](value)
+            if not ok:
+                raise bad(f.name, f"must be {words[kind]}{' or null' if 'None' in parts else ''}")
 
     def _validate_hd2s(self, bad: Callable[[str, str], UserError]) -> None:
         """The extra rules of the HD2S kinds (HD2S sheet §1 "Constraints", §10, §11)."""
-        if self.distill_on != "none" or self.teacher:
-            raise bad("distill_on", f"model {self.model!r} is trained on ground truth only: use distill_on: none "
-                                    f"and no teacher")
+        if self.teacher:
+            raise bad("teacher", f"model {self.model!r} is trained on ground truth only: leave teacher unset "
+                                 f"(null)")
+        if self.distill_on != "none":
+            raise bad("distill_on", f"model {self.model!r} is trained on ground truth only: use distill_on: none")
         if self.output != "single":
             raise bad("output", f"model {self.model!r} predicts the clip's last frame: use output: single")
         if self.clip_len not in (8, 12, 16):
