@@ -22,7 +22,7 @@ The totals (paper Eq. 2 on the target set, Eq. 3 with the auxiliary set) are bui
       + Σ_j KL(D1_j(·), T_j(·))              D1 map j ↔ teacher conspicuity map j (j = 0 shallowest)
 
 D2 and D3 get no intermediate supervision (sheet (f)). :func:`hd2s_multilevel_loss` is the teacher's own
-loss (HD2S paper Eq. 5, HD2S sheet §7), used to train the reduced-scale teacher.
+loss (HD2S paper Eq. 1, HD2S sheet §7), used to train the reduced-scale teacher.
 """
 from __future__ import annotations
 
@@ -143,8 +143,9 @@ def hd2s_kl(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def hd2s_multilevel_loss(saliency: Tensor, conspicuity: Tensor, target: Tensor) -> Tensor:
-    """HD2S multi-level loss (HD2S paper Eq. 5): KL of the final map and of each of the 4 conspicuity maps
-    against the same ground truth, weights 1. saliency ``B×1×H×W``, conspicuity ``B×4×H×W``, target ``B×H×W``."""
+    """HD2S multi-level loss (HD2S paper Eq. 1; Table 3's caption calls it Equation 5): KL of the final map and
+    of each of the 4 conspicuity maps against the same ground truth, weights 1. saliency ``B×1×H×W``,
+    conspicuity ``B×4×H×W``, target ``B×H×W``."""
     target = target.reshape(target.shape[0], -1)
     loss = hd2s_kl(saliency.reshape(saliency.shape[0], -1), target)
     for j in range(conspicuity.shape[1]):

@@ -681,7 +681,10 @@ class OnlineTeacher:
     feeds the teacher the student's clip, only normalised to [−1, 1]; sheet §12).
 
     * MISO: the window is the batch's clip itself.
-    * MIMO: the window of target frame j needs the 15 frames before it, and the clip only holds the frames of the
+    * MIMO: target frame t gets the window that *ends at t*. The sheet (§12, marked uncertain) reads the authors'
+      loader as giving window i frames i…i+15 for student output i = frame 16+i, i.e. the teacher map of the
+      frame before; we align teacher and student on the same frame, as the paper's Eq. 2 compares them.
+      The window of target frame j needs the 15 frames before it, and the clip only holds the frames of the
       clip. With ``frames`` (a callable ``video id -> N×H×W×3 uint8 RGB``, e.g. ``SaliencyClipDataset.frames``)
       the missing frames are decoded and preprocessed exactly like the clip (``tinyhd.preprocess`` at the clip's
       size, then the batch's flip): the maps are then identical to :class:`tinyhd.teacher_cache.CachedTeacher`'s.
