@@ -272,3 +272,137 @@ def test_recalibrate_batchnorm_resets_running_stats(data_root):
     assert not model.training and bn.momentum == momentum      # momentum restored
     assert bn.running_mean.abs().max() > 0 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     assert int(bn.num_batches_tracked) >= 1
+
+
+# -- inputs checked before anything is written, damaged caches named, help -----------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(splits=("trian",)), UserError, "no split 'trian'"),
+    (dict(splits=()), UserError, "no split given"),
+    (dict(max_videos=0), UserError, "max videos .per split. must be at least 1, not 0"),
+    (dict(batch_size=0), UserError, "batch size must be at least 1, not 0"),
+    (dict(size=(32, 0)), UserError, "positive multiples of 32"),
+    (dict(dataset="kinetics"), UserError, r"manifest\.yaml: .* own manifest, for 'synthetic-dhf1k', .* 'kinetics'"),
+], ids=["split", "no-split", "max-videos", "batch-size", "size", "dataset"])
+def test_failed_runs_write_nothing(tmp_path, hd2s, data_root, kwargs, error, message):
+    out = tmp_path / "c"
+    with pytest.raises(error, match=message):
+        build_teacher_cache(hd2s, data_root, out, **{"size": SIZE, "progress": False, **kwargs})
+    assert not out.exists()  # nothing written: the corrected command can use the same folder
+
+
+def test_meta_of_a_run_that_stored_no_maps_does_not_block_the_folder(tmp_path, hd2s, data_root):
+    # older versions wrote meta.json before checking the splits: a folder holding only that is reused
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"format": "tinyhd-teacher-cache/1", "splits": ["trian"]}))
+    build_teacher_cache(hd2s, data_root, out, size=SIZE, splits=("val",), progress=False)
+    assert json.loads((out / "meta.json").read_text())["splits"] == ["val"]
+    assert CachedTeacher(out).maps("002").shape == (17, 5, *SIZE)
+    # once it holds maps, other settings are refused as before
+    with pytest.raises(UserError, match="different splits"):
+        build_teacher_cache(hd2s, data_root, out, size=SIZE, splits=("test",), progress=False)
+
+
+def test_missing_root_and_missing_videos_are_reported_up_front(tmp_path, hd2s, data_root):
+    import shutil
+
+    with pytest.raises(DataError, match=f"^{tmp_path / 'nosuch'}: dataset folder does not exist$"):
+        build_teacher_cache(hd2s, tmp_path / "nosuch", tmp_path / "c", size=SIZE, progress=False)
+    assert not (tmp_path / "c").exists()
+    root = tmp_path / "root"
+    shutil.copytree(data_root, root)
+    (root / "video" / "002.AVI").unlink()
+    with pytest.raises(DataError, match=r"1 of the 2 videos .* are missing \(first: .*002\.AVI\)"):
+        build_teacher_cache(hd2s, root, tmp_path / "c", size=SIZE, splits=("train", "val"), progress=False)
+    assert not (tmp_path / "c").exists()  # refused before caching video 001
+
+
+def test_meta_records_the_manifest_used_and_accepts_names_of_the_same_dataset(tmp_path, hd2s, data_root, cache):
+    """(A dataset name that contradicts the root's own manifest is refused: test_failed_runs_write_nothing.)"""
+    import shutil
+
+    # meta.json records the manifest actually used
+    assert json.loads((cache / "meta.json").read_text())["dataset"] == "synthetic-dhf1k"
+    # a name of the same dataset is accepted, and a cache whose meta.json recorded the name given (older versions)
+    # still resumes
+    out = tmp_path / "c"
+    shutil.copytree(cache, out)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "dataset": "dhf1k"}))
+    stamp = (out / "001.npy").stat().st_mtime_ns
+    build_teacher_cache(hd2s, data_root, out, dataset="dhf1k", size=SIZE, progress=False)
+    assert (out / "001.npy").stat().st_mtime_ns == stamp  # resumed, nothing recomputed
+
+
+def _damaged_copy(cache, out, array=None, raw=None, **meta_changes):
+    """A copy of ``cache`` at ``out`` whose 001.npy is ``array`` (or the bytes ``raw``) and meta.json changed."""
+    import shutil
+
+    shutil.copytree(cache, out)
+    if raw is not None:
+        (out / "001.npy").write_bytes(raw((cache / "001.npy").read_bytes()))
+    elif array is not None:
+        np.save(out / "001.npy", array(np.load(cache / "001.npy")))
+    meta = json.loads((cache / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, **meta_changes}))
+    return out
+
+
+def _with_bad_values(good):
+    maps = decode_maps(good).numpy().astype(np.float16)
+    maps[3, 1, 5, 7], maps[9, 0, 0, 0] = 7.0, np.nan
+    return maps
+
+
+@pytest.mark.parametrize("damage, message", [
+    (dict(raw=lambda b: b[: len(b) // 2]),
+     r"001\.npy: unreadable teacher maps, truncated: its header describes a 20×5×32×64 uint8 array, \d+ bytes, "
+     r"but the file has \d+"),
+    (dict(raw=lambda b: b""), r"001\.npy: unreadable teacher maps, the file is empty"),
+    (dict(array=lambda a: a[:, :, :16, :32]), r"001\.npy: maps are 16×32, expected 32×64"),
+    (dict(array=lambda a: a[:, :3]), r"001\.npy: has 3 channels, expected 5 .*20×3×32×64 uint8 array"),
+    (dict(array=lambda a: a[:, 0]), r"001\.npy: holds a 20×32×64 uint8 array, expected N×5×32×64 uint8"),
+    (dict(array=lambda a: a.astype(np.float16)), r"001\.npy: dtype is float16, expected uint8"),
+    (dict(array=_with_bad_values, dtype="float16"),
+     r"001\.npy: maps outside \[0, 1\] in frame\(s\) 3 \(min .*, max 7\)"),
+    (dict(size="32x64"), r"meta\.json: size is '32x64', expected \[H, W\]"),
+], ids=["truncated", "empty", "spatial-size", "channels", "ndim", "dtype", "float16-range", "meta-size"])
+def test_cached_teacher_names_damaged_files(tmp_path, cache, damage, message):
+    out = _damaged_copy(cache, tmp_path / "c", **damage)
+    with pytest.raises(DataError, match=message):
+        CachedTeacher(out)({"video": ["001"], "frame_index": torch.tensor([[2, 3]])})
+
+
+def test_cached_teacher_checks_float16_values_on_the_frames_read(tmp_path, cache):
+    teacher = CachedTeacher(_damaged_copy(cache, tmp_path / "c", array=_with_bad_values, dtype="float16"))
+    assert teacher({"video": ["001"], "frame_index": torch.tensor([[1, 2]])})["final"].shape == (1, 2, *SIZE)
+    with pytest.raises(DataError, match=r"001\.npy: maps outside \[0, 1\] in frame\(s\) 3, 9 .*, NaN\)"):
+        teacher({"video": ["001"], "frame_index": torch.tensor([[3, 9]])})
+
+
+def test_cached_teacher_names_a_corrupt_meta_json(tmp_path, cache):
+    out = _damaged_copy(cache, tmp_path / "c")
+    (out / "meta.json").write_text('{"format": "tinyhd-teacher-cache/1", "size": [32, ')
+    with pytest.raises(DataError, match=rf"^{out / 'meta.json'}: not valid JSON"):
+        CachedTeacher(out)
+
+
+def test_cli_help_documents_every_option_and_size_takes_either_sign(capsys, monkeypatch):
+    import re
+
+    from tinyhd.teacher_cache import _parse_size
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    blocks = {b.split()[0]: b for b in re.split(r"\n(?=  -)", text.split("options:")[1]) if b.strip()}
+    for option in ("--dataset", "--splits", "--size", "--dtype", "--batch-size", "--device", "--max-videos"):
+        assert len(blocks[option].split(None, 2)) == 3, f"{option} has no help text"  # option, metavar, help
+    assert "(default: 192x256)" in blocks["--size"] and "each split" in blocks["--max-videos"]
+    assert _parse_size("64×96") == _parse_size("64x96") == _parse_size("64X96") == (64, 96)
+    with pytest.raises(UserError, match="HxW"):
+        _parse_size("64*96")
+

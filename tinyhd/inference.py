@@ -153,6 +153,18 @@ def plan_windows(n_frames: int, output: str, frames: Sequence[int] | None = None
 # ----------------------------------------------------------------------------------------------------------
 # running the model
 # ----------------------------------------------------------------------------------------------------------
+def checked_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, or a :class:`~tinyhd.errors.UserError` saying why not (a bad name, or CUDA asked
+    for where there is none) — for devices a user typed (``--device``)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"device {str(device)!r}: not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r}: no CUDA device is available to this process (use cpu)")
+    return dev
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -390,13 +402,7 @@ def cli_main(argv: list[str]) -> int:
 
     ckpt = resolve_checkpoint(args.checkpoint, download=args.download)
     model = load_checkpoint(ckpt)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"--device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    dev = checked_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     if not args.plain:
         from tinyhd.fast import keep_freed_memory, optimize_for_inference

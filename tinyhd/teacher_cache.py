@@ -8,7 +8,8 @@ repeat frame 0, exactly like :func:`tinyhd.data.clip_frame_indices` pads clips),
 
 Layout of a cache folder (one per dataset)::
 
-    meta.json            format, dataset, split(s), size, dtype, encoding, model fingerprint, window rule
+    meta.json            format, dataset (the manifest used), split(s), size, dtype, encoding, model fingerprint,
+                         window rule
     <video id>.npy       N×5×H×W per video: channel 0 = final map, 1..4 = conspicuity maps (levels 2, 3, 4, 5)
     complete             written last: the cache is finished
 
@@ -21,6 +22,10 @@ Layout of a cache folder (one per dataset)::
   the flipped clip (sheet §12). ``benchmarks/distill_step.py`` prints how far apart the two are.
 * **Atomic and resumable.** Every ``.npy`` is written through :func:`tinyhd.paths.atomic_open`; a rerun skips
   the videos already there (after checking ``meta.json`` matches), so an interrupted build just continues.
+  The inputs are all checked before anything is written, so a failed command leaves the folder free for the
+  corrected one.
+* **Checked when read.** :class:`CachedTeacher` checks each ``.npy`` header once (shape, channels, dtype against
+  ``meta.json``) and ``float16`` values on the frames it reads; a damaged file is a ``DataError`` naming it.
 """
 from __future__ import annotations
 
@@ -29,13 +34,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from tinyhd.errors import DataError, UserError
 from tinyhd.paths import atomic_directory, atomic_open, atomic_write_text, cache_dir
+
+if TYPE_CHECKING:
+    from tinyhd.manifest import Manifest, VideoEntry
 
 FORMAT = "tinyhd-teacher-cache/1"
 CHANNELS = ("final", "conspicuity2", "conspicuity3", "conspicuity4", "conspicuity5")
@@ -72,10 +80,35 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 # -- building --------------------------------------------------------------------------------------------------
 
-def _entries(dataset_root: Path, dataset: str, splits: Sequence[str], max_videos: int | None):
-    from tinyhd.manifest import manifest_for_root
+def _dataset_key(name: str) -> str:
+    """A dataset name compared across spellings: aliases resolved and ``synthetic-`` dropped, so "kinetics",
+    "kinetics400" and "synthetic-kinetics400" (the synthetic set in that layout) are the same dataset."""
+    from tinyhd.manifest import ALIASES
 
-    m = manifest_for_root(dataset_root, dataset)
+    key = name.lower().removeprefix("synthetic-")
+    return ALIASES.get(key, key)
+
+
+def _manifest(dataset_root: Path, dataset: str | None) -> "Manifest":
+    """The manifest that lists ``dataset_root``'s videos: the folder's own ``manifest.yaml`` when it has one
+    (``dataset``, if given, must then name the same dataset), else the named one (default ``dhf1k``)."""
+    from tinyhd.manifest import load_manifest
+
+    own = dataset_root / "manifest.yaml"
+    if not own.is_file():
+        return load_manifest(dataset or "dhf1k")
+    m = load_manifest(own)
+    if dataset is not None and _dataset_key(load_manifest(dataset).name) != _dataset_key(m.name):
+        raise UserError(f"{own}: the dataset folder has its own manifest, for {m.name!r}, but the dataset given "
+                        f"is {dataset!r}; omit --dataset (dataset=None) to use that manifest")
+    return m
+
+
+def _entries(m: "Manifest", dataset_root: Path, splits: Sequence[str],
+             max_videos: int | None) -> "list[VideoEntry]":
+    """The videos to cache: the first ``max_videos`` of each split (all if None), every source checked to exist."""
+    if not splits:
+        raise UserError(f"{dataset_root}: no split given (e.g. train)")
     variant = m.detect_variant(dataset_root)
     out = []
     for split in splits:
@@ -85,6 +118,10 @@ def _entries(dataset_root: Path, dataset: str, splits: Sequence[str], max_videos
         out += entries[:max_videos] if max_videos is not None else entries
     if not out:
         raise DataError(f"{dataset_root}: no videos in split(s) {', '.join(splits)}")
+    missing = [e.source for e in out if not e.source.exists()]
+    if missing:
+        raise DataError(f"{dataset_root}: {len(missing)} of the {len(out)} videos of split(s) {', '.join(splits)} "
+                        f"are missing (first: {missing[0]}); check the copy with `tinyhd verify-data`")
     return out
 
 
@@ -112,66 +149,224 @@ def _meta(dataset: str, splits: Sequence[str], size: Sequence[int], dtype: str, 
             "model": fingerprint}
 
 
+def _read_meta(path: Path) -> dict:
+    """A cache's ``meta.json`` as a dict; a :class:`~tinyhd.errors.DataError` naming the file if it is unreadable."""
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object, found a {type(meta).__name__}")
+    return meta
+
+
+def _same_setting(key: str, old: Any, new: Any) -> bool:
+    """Whether a recorded ``meta.json`` field matches; ``dataset`` compares names, not spellings (older versions
+    recorded the name given, e.g. ``dhf1k`` for a synthetic DHF1K-layout set, now ``synthetic-dhf1k``)."""
+    if key == "dataset" and isinstance(old, str) and isinstance(new, str):
+        return _dataset_key(old) == _dataset_key(new)
+    return old == new
+
+
+def _meta_is_current(out: Path, meta: dict) -> bool:
+    """Whether ``out/meta.json`` already describes ``meta`` (then a run resumes). One that differs or is unreadable
+    is refused while the folder holds maps, and is to be replaced when it holds none (it came from a run that
+    stored nothing)."""
+    path = out / "meta.json"
+    if not path.is_file():
+        return False
+    holds_maps = next(out.rglob("*.npy"), None) is not None
+    try:
+        old = _read_meta(path)
+    except DataError as exc:
+        if holds_maps:
+            raise DataError(f"{exc}; the folder holds teacher maps of unknown settings: use another folder") from None
+        return False
+    diff = [k for k in meta if not _same_setting(k, old.get(k), meta[k])]
+    if diff and holds_maps:
+        raise UserError(f"{out}: holds a teacher cache built with different {', '.join(diff)} "
+                        f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use another folder")
+    return not diff
+
+
+def _start_cache(out: Path, meta: dict) -> None:
+    """Create ``out`` and write its ``meta.json`` (dropping a ``complete`` left by a run that stored no maps)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "complete").unlink(missing_ok=True)
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
+
+
 def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.PathLike, out: str | os.PathLike,
-                        dataset: str = "dhf1k", size: Sequence[int] = (192, 256), splits: Sequence[str] = ("train",),
-                        dtype: str = "uint8", batch_size: int = 8, device: str | torch.device = "cpu",
-                        max_videos: int | None = None, progress: bool = True) -> Path:
+                        dataset: str | None = None, size: Sequence[int] = (192, 256),
+                        splits: Sequence[str] = ("train",), dtype: str = "uint8", batch_size: int = 8,
+                        device: str | torch.device = "cpu", max_videos: int | None = None,
+                        progress: bool = True) -> Path:
     """Run ``teacher_model`` (an HD2S) once over ``splits`` of a dataset and store its maps under ``out``.
 
+    ``dataset`` names the manifest (``dhf1k``, ``kinetics``, ...); None means ``dataset_root/manifest.yaml`` if
+    the folder has one, else ``dhf1k``. A name that contradicts the folder's own manifest is refused.
+    ``max_videos`` caps the videos taken from each split.
+
+    Every argument, the folder, the splits and the videos' presence are checked before anything is written; the
+    folder and its ``meta.json`` are created when the first map is about to be stored, so a run that fails
+    earlier leaves nothing behind (a ``meta.json`` without any maps, left by older versions, is replaced).
     Resumable: videos already cached are skipped; a cache built with other settings or weights is refused
     (a :class:`~tinyhd.errors.UserError` naming the differing field). Returns ``out``.
     """
     from tqdm.auto import tqdm
 
+    from tinyhd.inference import checked_device
     from tinyhd.video import read_video
 
     dataset_root, out = Path(dataset_root).expanduser(), Path(out).expanduser()
-    if size[0] % 32 or size[1] % 32:
-        raise UserError(f"teacher cache size {size[0]}×{size[1]}: HD2S needs multiples of 32")
-    encode_maps(torch.zeros(1), dtype)  # validates dtype early
-    device = torch.device(device)
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)   # "train" is one split, not five letters
+    size = (int(size[0]), int(size[1]))
+    if min(size) <= 0 or size[0] % 32 or size[1] % 32:
+        raise UserError(f"teacher cache size {size[0]}×{size[1]}: HD2S needs positive multiples of 32")
+    encode_maps(torch.zeros(1), dtype)  # validates dtype
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, not {batch_size}")
+    if max_videos is not None and max_videos < 1:
+        raise UserError(f"max videos (per split) must be at least 1, not {max_videos}")
+    device = checked_device(device)
+    if not dataset_root.is_dir():
+        raise DataError(f"{dataset_root}: dataset folder does not exist" if not dataset_root.exists()
+                        else f"{dataset_root}: not a folder (give the dataset's root folder)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (the cache output must be a folder)")
+    m = _manifest(dataset_root, dataset)
+    entries = _entries(m, dataset_root, splits, max_videos)
+
     model = teacher_model.to(device).eval()
-    meta = _meta(dataset, splits, size, dtype, model_fingerprint(model))
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        diff = [k for k in meta if old.get(k) != meta[k]]
-        if diff:
-            raise UserError(f"{out}: holds a teacher cache built with different {', '.join(diff)} "
-                            f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use another folder")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    entries = _entries(dataset_root, dataset, splits, max_videos)
-    for e in tqdm(entries, desc=f"teacher maps {dataset}", unit="video", disable=not progress):
+    meta = _meta(m.name, splits, size, dtype, model_fingerprint(model))
+    started = _meta_is_current(out, meta)
+    for e in tqdm(entries, desc=f"teacher maps {m.name}", unit="video", disable=not progress):
         path = out / f"{e.id}.npy"
         if path.is_file():
             try:
-                arr = np.load(path, mmap_mode="r")
-                if arr.ndim == 4 and arr.shape[1:] == (5, *meta["size"]):
-                    continue
-            except (ValueError, OSError):
-                pass  # unreadable: recompute
+                _open_maps(path, size, np.dtype(dtype))
+                continue
+            except DataError:
+                pass  # unreadable or another shape: recompute
         frames = read_video(e.source)
         if len(frames) == 0:
             raise DataError(f"{e.source}: no frames decode")
         stored = encode_maps(_video_maps(model, frames, size, batch_size, device), dtype)
+        if not started:
+            _start_cache(out, meta)
+            started = True
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, "wb") as fh:
             np.save(fh, stored)
+    if not started:  # every map was there already, but meta.json was not
+        _start_cache(out, meta)
     atomic_write_text(out / "complete", f"{len(entries)} videos\n")
     return out
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
 
+_FLOAT16_ONE = 0x3C00  # bit pattern of float16 1.0: +0.0 … 1.0 are exactly the patterns 0x0000 … 0x3C00
+
+
+def _unreadable_reason(path: Path, exc: BaseException) -> str:
+    """Why ``np.load`` could not map ``path``, in words (a truncated file: what its header promises)."""
+    fmt = np.lib.format
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "the file is empty"
+        with open(path, "rb") as fh:
+            try:
+                version = fmt.read_magic(fh)
+            except ValueError:
+                return "not a .npy file (no NumPy header)"
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dt = read_header(fh)
+            need = fh.tell() + int(np.prod(shape)) * dt.itemsize
+        if size < need:
+            return (f"truncated: its header describes a {'×'.join(map(str, shape))} {dt} array, {need} bytes, "
+                    f"but the file has {size}")
+    except (ValueError, OSError, EOFError):
+        pass
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _open_maps(path: Path, size: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """Memory-map a cached ``.npy`` after checking its header: N×5×H×W at the cache's size and dtype.
+
+    Raises :class:`~tinyhd.errors.DataError` naming the file and what differs. Costs one header read per file.
+    """
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable teacher maps, {_unreadable_reason(path, exc)}; delete it and rerun "
+                        "`tinyhd cache-teacher` to recompute it") from None
+    want = f"N×{len(CHANNELS)}×{size[0]}×{size[1]} {dtype}"
+    found = f"{'×'.join(map(str, arr.shape))} {arr.dtype}"
+    if arr.ndim != 4 or arr.shape[0] == 0:
+        problem = f"holds a {found} array, expected {want}"
+    elif arr.shape[1] != len(CHANNELS):
+        problem = (f"has {arr.shape[1]} channels, expected {len(CHANNELS)} (final + 4 conspicuity maps): "
+                   f"{found} array, expected {want}")
+    elif tuple(arr.shape[2:]) != tuple(size):
+        problem = (f"maps are {arr.shape[2]}×{arr.shape[3]}, expected {size[0]}×{size[1]} (meta.json's size): "
+                   f"{found} array, expected {want}")
+    elif arr.dtype != dtype:
+        problem = f"dtype is {arr.dtype}, expected {dtype} (meta.json's dtype)"
+    else:
+        return arr
+    raise DataError(f"{path}: {problem}; delete it and rerun `tinyhd cache-teacher` to recompute it")
+
+
+def _check_float16_range(stored: np.ndarray, path: Path, frames: np.ndarray) -> None:
+    """Raise a :class:`~tinyhd.errors.DataError` naming ``path`` if float16 maps leave [0, 1] (or are NaN).
+
+    One integer max over the frames read (a float16 in [0, 1] has a bit pattern ≤ 0x3C00: anything negative,
+    above 1, infinite or NaN is above it); the exact check runs only when that fails (−0.0 passes it).
+    """
+    if stored.view(np.uint16).max() <= _FLOAT16_ONE:
+        return
+    v = stored.astype(np.float32)
+    bad = ~((v >= 0) & (v <= 1))
+    if bad.any():
+        where = sorted({int(f) for f in frames[bad.reshape(len(v), -1).any(axis=1)]})
+        finite = v[np.isfinite(v)]
+        found = f"min {finite.min():g}, max {finite.max():g}" if finite.size else "no finite value"
+        nan = ", NaN" if np.isnan(v).any() else ""
+        raise DataError(f"{path}: maps outside [0, 1] in frame(s) {', '.join(map(str, where))} ({found}{nan}); "
+                        "the file is damaged: delete it and rerun `tinyhd cache-teacher` to recompute it")
+
+
+def _cache_meta(root: Path) -> dict:
+    """``root/meta.json`` checked for what the reader relies on: format, a finished cache, size, dtype, channels."""
+    path = root / "meta.json"
+    meta = _read_meta(path)
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path}: unknown cache format {meta.get('format')!r} (expected {FORMAT!r})")
+    if not (root / "complete").is_file():
+        raise DataError(f"{root}: teacher cache is unfinished (rerun `tinyhd cache-teacher` to resume it)")
+    size = meta.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise DataError(f"{path}: size is {size!r}, expected [H, W] (two positive integers)")
+    if meta.get("dtype") not in ("uint8", "float16"):
+        raise DataError(f"{path}: dtype is {meta.get('dtype')!r}, expected 'uint8' or 'float16'")
+    if meta.get("channels", list(CHANNELS)) != list(CHANNELS):
+        raise DataError(f"{path}: channels are {meta['channels']!r}, expected {list(CHANNELS)!r}")
+    return meta
+
+
 class CachedTeacher:
     """The teacher contract from a cache: ``teacher(batch) -> {"final": B×T'×H×W, "conspicuity": B×4×T'×H×W}``.
 
     ``path`` is one cache folder or a folder of them (e.g. ``dhf1k/`` + ``kinetics/``, as
     :func:`ensure_reduced_teacher` writes); videos are looked up by id across all of them. Flipped items get
-    mirrored maps. Raises :class:`~tinyhd.errors.DataError` naming the cache for an unknown video, a frame
-    past the end, an unfinished cache or a size that differs from the batch's.
+    mirrored maps. Raises :class:`~tinyhd.errors.DataError` naming the file for an unknown video, a frame
+    past the end, an unfinished cache, a size that differs from the batch's, an unreadable ``meta.json``, and a
+    ``.npy`` that is truncated or whose shape, channels or dtype differ from ``meta.json`` (checked once, from
+    its header, when the file is first opened) or, for ``float16`` caches, whose frames read leave [0, 1].
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -184,12 +379,9 @@ class CachedTeacher:
             raise DataError(f"{self.path}: not a teacher cache (no meta.json here or in its sub-folders)")
         self.index: dict[str, Path] = {}
         self.size: tuple[int, int] | None = None
+        self._dtype: dict[str, np.dtype] = {}   # video id -> the dtype its cache's meta.json promises
         for root in roots:
-            meta = json.loads((root / "meta.json").read_text())
-            if meta.get("format") != FORMAT:
-                raise DataError(f"{root / 'meta.json'}: unknown cache format {meta.get('format')!r}")
-            if not (root / "complete").is_file():
-                raise DataError(f"{root}: teacher cache is unfinished (rerun `tinyhd cache-teacher` to resume it)")
+            meta = _cache_meta(root)
             size = tuple(meta["size"])
             if self.size is not None and size != self.size:
                 raise DataError(f"{root}: maps are {size[0]}×{size[1]} but {roots[0]} has {self.size[0]}×{self.size[1]}")
@@ -199,14 +391,15 @@ class CachedTeacher:
                 if vid in self.index:
                     raise DataError(f"{self.path}: video id {vid!r} is in two caches ({self.index[vid]} and {f})")
                 self.index[vid] = f
+                self._dtype[vid] = np.dtype(meta["dtype"])
         self._open: dict[str, np.ndarray] = {}
 
     def maps(self, video: str) -> np.ndarray:
-        """The stored N×5×H×W array of a video (memory-mapped)."""
+        """The stored N×5×H×W array of a video (memory-mapped; its header is checked when first opened)."""
         if video not in self._open:
             if video not in self.index:
                 raise DataError(f"{self.path}: no teacher maps for video {video!r} (was it cached?)")
-            self._open[video] = np.load(self.index[video], mmap_mode="r")
+            self._open[video] = _open_maps(self.index[video], self.size, self._dtype[video])
         return self._open[video]
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -222,8 +415,12 @@ class CachedTeacher:
             arr = self.maps(batch["video"][b])
             idx = frame_index[b].numpy()
             if idx.max() >= len(arr) or idx.min() < 0:
-                raise DataError(f"{self.index[batch['video'][b]]}: frame {int(idx.max())} asked, {len(arr)} cached")
-            m = decode_maps(arr[idx])                                  # T'×5×H×W
+                bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+                raise DataError(f"{self.index[batch['video'][b]]}: frame {bad} asked, {len(arr)} cached")
+            stored = arr[idx]                                          # T'×5×H×W, read from the memory map
+            if stored.dtype == np.float16:
+                _check_float16_range(stored, self.index[batch["video"][b]], idx)
+            m = decode_maps(stored)
             out.append(m.flip(-1) if bool(flips[b]) else m)
         maps = torch.stack(out)                                        # B×T'×5×H×W
         return {"final": maps[:, :, 0].contiguous(), "conspicuity": maps[:, :, 1:].transpose(1, 2).contiguous()}
@@ -280,9 +477,13 @@ def recalibrate_batchnorm(model: torch.nn.Module, data_root: str | os.PathLike, 
     """Re-estimate every BatchNorm's running mean/variance as the plain average over evenly spaced train clips
     (forward passes in train mode, no gradient), then return the model in eval mode.
 
-    After a few hundred steps from scratch the running statistics (momentum 0.1) still lag the weights, and
-    the eval-mode maps come out nearly flat although the train-mode ones are not; recomputing the statistics
-    for the final weights fixes that. Only the reduced-scale teacher uses it (a converged model does not need it).
+    HD2S keeps the authors' BatchNorm momenta (spec sheet §2.1, §3.1, §3.2): 0.001 in the S3D backbone, the
+    temporal reducers and the first conv of each decoder stage, 0.1 in the depthwise-separable units. At 0.001 a
+    running statistic still gives its initial 0 or 1 a weight of 0.999^n after n train-mode forwards (0.86 after
+    150), so after a few hundred steps from scratch it lags the weights and the eval-mode maps come out nearly flat
+    although the train-mode ones are not. Here every BatchNorm's momentum is set to None (a cumulative average)
+    for these passes and then restored to its own value. Only the reduced-scale teacher uses it
+    (a converged model does not need it).
     """
     from tinyhd.data import SaliencyClipDataset
     from tinyhd.preprocess import student_to_teacher_input
@@ -314,9 +515,11 @@ def ensure_reduced_hd2s(data_root: str | os.PathLike | None = None, size: Sequen
     """The checkpoint of a small-budget HD2S trained from scratch on ``data_root``'s train split (cached).
 
     ``steps`` Adam steps (``lr``, the 1×1 output convolutions at ``head_lr_mult`` × ``lr``; the authors' recipe is
-    lr 1e-3 and no multiplier, for thousands of steps from Kinetics weights; weight decay 2e-7, the multi-level KL of HD2S Eq. 5) at ``size``; no Kinetics
-    initialisation (offline). ``None`` means the synthetic DHF1K-layout set. Keyed by the arguments under
-    ``cache_dir()/teachers/`` and created atomically (two racing processes: the loser uses the winner's).
+    lr 1e-3 and no multiplier, for thousands of steps from Kinetics weights; weight decay 2e-7, the multi-level KL
+    loss of HD2S Eq. 1 — the caption of the paper's Table 3 says Equation 5, but its Eq. 5 is p = iteration/total)
+    at ``size``; no Kinetics initialisation (offline). ``None`` means the synthetic DHF1K-layout set. Keyed by the
+    arguments under ``cache_dir()/teachers/`` and created atomically (two racing processes: the loser uses the
+    winner's).
     Trained by :func:`tinyhd.teacher.train_hd2s`, i.e. the one trainer (:func:`tinyhd.training.train`,
     ``model: hd2s``); moving it there left the weights bit-identical, so ``REDUCED_VERSION`` stayed.
     """
@@ -375,10 +578,11 @@ def ensure_reduced_teacher(data_root: str | os.PathLike | None = None, aux_root:
 # -- command line ----------------------------------------------------------------------------------------------
 
 def _parse_size(text: str) -> tuple[int, int]:
+    """``"192x256"`` or ``"192×256"`` (either sign, any case) -> (192, 256)."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
     except ValueError:
-        raise UserError(f"--size must look like HxW (e.g. 192x256), not {text!r}") from None
+        raise UserError(f"--size must look like HxW or H×W (e.g. 192x256), not {text!r}") from None
     return h, w
 
 
@@ -390,18 +594,27 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="HD2S checkpoint: the authors' state dict or one saved by tinyhd")
     parser.add_argument("data_root", help="dataset folder (DHF1K/UCF/Hollywood2 or Kinetics-400 layout)")
     parser.add_argument("--out", required=True, help="cache folder (created; resumed if it exists)")
-    parser.add_argument("--dataset", default="dhf1k", help="manifest name: dhf1k, ucf, hollywood2, kinetics")
-    parser.add_argument("--splits", default="train", help="comma-separated splits (default: train)")
-    parser.add_argument("--size", default="192x256", type=_parse_size, help="H×W of the student's input")
-    parser.add_argument("--dtype", default="uint8", choices=("uint8", "float16"))
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--max-videos", type=int, default=None)
+    parser.add_argument("--dataset", default=None, help=(
+        "manifest name (dhf1k, ucf, hollywood2, kinetics) or a manifest .yaml; default: DATA_ROOT/manifest.yaml "
+        "if the folder has one, else dhf1k; naming a dataset other than the one in that manifest is an error"))
+    parser.add_argument("--splits", default="train", help="comma-separated splits (default: %(default)s)")
+    parser.add_argument("--size", default="192x256", type=_parse_size, help=(
+        "H×W of the student's input, multiples of 32; written 192x256 or 192×256 (default: %(default)s)"))
+    parser.add_argument("--dtype", default="uint8", choices=("uint8", "float16"), help=(
+        "storage of the maps: uint8, 1 byte per value, error ≤ 1/512; or float16, 2 bytes (default: %(default)s)"))
+    parser.add_argument("--batch-size", type=int, default=8, help=(
+        "16-frame windows per teacher forward; lower it if memory runs short (default: %(default)s)"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help=(
+        "device HD2S runs on, e.g. cpu, cuda, cuda:1 (default here: %(default)s)"))
+    parser.add_argument("--max-videos", type=int, default=None, metavar="N", help=(
+        "cache only the first N videos of each split, counted per split (default: all)"))
     args = parser.parse_args(argv)
+    from tinyhd.inference import checked_device
     from tinyhd.teacher import load_hd2s
 
+    device = checked_device(args.device)
     model = load_hd2s(args.checkpoint)
-    if torch.device(args.device).type == "cpu":
+    if device.type == "cpu":
         from tinyhd.fast import keep_freed_memory
 
         # HD2S frees ~GBs of activations per batch; by default glibc returns them and the next batch re-faults
@@ -409,6 +622,6 @@ def cli_main(argv: list[str]) -> int:
         keep_freed_memory()
     out = build_teacher_cache(model, args.data_root, args.out, dataset=args.dataset, size=args.size,
                               splits=[s for s in args.splits.split(",") if s], dtype=args.dtype,
-                              batch_size=args.batch_size, device=args.device, max_videos=args.max_videos)
+                              batch_size=args.batch_size, device=device, max_videos=args.max_videos)
     print(f"teacher maps cached in {out}")
     return 0
