@@ -406,3 +406,37 @@ def test_cli_help_documents_every_option_and_size_takes_either_sign(capsys, monk
     with pytest.raises(UserError, match="HxW"):
         _parse_size("64*96")
 
+
+
+def test_verify_sources_refuses_a_cache_built_from_another_copy_of_the_dataset(tmp_path, cache, data_root, hd2s):
+    """Video ids alone do not tie maps to videos: a cache of another synthetic set (same ids) was used silently."""
+    import shutil
+
+    from tinyhd.data import SaliencyClipDataset
+
+    def entries(root):
+        return SaliencyClipDataset(root, split="train", size=SIZE).entries
+
+    teacher = CachedTeacher(cache)
+    teacher.verify_sources(entries(data_root))                      # built from these videos: fine
+    copy = tmp_path / "copy"
+    shutil.copytree(data_root, copy)
+    teacher.verify_sources(entries(copy))                           # a byte-identical copy elsewhere: fine
+    video = next((copy / "video").glob("001.*"))
+    video.write_bytes(video.read_bytes() + b"\0")                  # another version of video 001
+    with pytest.raises(DataError, match=r"001\.npy: cached from a video with \d+ bytes, 20 frames, but .*001\.\w+ "
+                                        r"has \d+ bytes, 20 frames: the cache was built from another copy or version"):
+        teacher.verify_sources(entries(copy))
+    missing = entries(data_root)[0].__class__(id="999", split="train", source=video)
+    with pytest.raises(DataError, match=r"no teacher maps for 1 of the 2 videos .*first: 999"):
+        teacher.verify_sources([entries(data_root)[0], missing])
+    # a cache from before sources.json: a warning that it cannot be checked, and a rerun records it
+    old = tmp_path / "old"
+    shutil.copytree(cache, old)
+    (old / "sources.json").unlink()
+    with pytest.warns(UserWarning, match="without sources.json"):
+        CachedTeacher(old).verify_sources(entries(copy))
+    stamp = (old / "001.npy").stat().st_mtime_ns
+    build_teacher_cache(hd2s, data_root, old, size=SIZE, progress=False)
+    assert (old / "001.npy").stat().st_mtime_ns == stamp and (old / "sources.json").is_file()
+    CachedTeacher(old).verify_sources(entries(data_root))

@@ -174,6 +174,23 @@ def test_distill_on_target_uses_no_auxiliary_clips(tmp_path):
     assert teacher.sources and set(teacher.sources) == {"target"}
 
 
+def test_a_cached_teacher_is_checked_against_the_videos_distilled_on_before_training(tmp_path):
+    """The trainer asks a cache-like teacher (``verify_sources``) about every target and auxiliary video first."""
+    from tinyhd.errors import DataError
+
+    class Refusing(CentreTeacher):
+        def verify_sources(self, entries):
+            self.checked = [e.id for e in entries]
+            raise DataError("built from another dataset")
+
+    teacher = Refusing()
+    cfg = TrainConfig(**TINY, distill_on="all", teacher="cache:unused", max_steps=2)
+    with pytest.raises(DataError, match="another dataset"):
+        train(cfg, tmp_path / "v", teacher=teacher)
+    assert not teacher.sources                          # refused before the first step
+    assert len(teacher.checked) == 8 and len(set(teacher.checked)) == 8   # 4 target + 4 auxiliary videos
+
+
 def test_changed_config_refuses_to_resume(tmp_path):
     cfg = TrainConfig(**TINY, distill_on="none", max_steps=1)
     train(cfg, tmp_path / "r")

@@ -11,6 +11,7 @@ Layout of a cache folder (one per dataset)::
     meta.json            format, dataset (the manifest used), split(s), size, dtype, encoding, model fingerprint,
                          window rule
     <video id>.npy       N×5×H×W per video: channel 0 = final map, 1..4 = conspicuity maps (levels 2, 3, 4, 5)
+    sources.json         per video: what it was computed from (file size or frame-file count, frames cached)
     complete             written last: the cache is finished
 
 * **Compact.** ``uint8`` (default) stores q = ⌊256·m⌋ clipped to 255 and reads back (q + ½)/256: error ≤ 1/512,
@@ -242,11 +243,13 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
     model = teacher_model.to(device).eval()
     meta = _meta(m.name, splits, size, dtype, model_fingerprint(model))
     started = _meta_is_current(out, meta)
+    sources: dict[str, dict[str, int]] = {}  # video id -> its source's signature and the frames cached
     for e in tqdm(entries, desc=f"teacher maps {m.name}", unit="video", disable=not progress):
         path = out / f"{e.id}.npy"
         if path.is_file():
             try:
-                _open_maps(path, size, np.dtype(dtype))
+                sources[e.id] = {**source_signature(e.source),
+                                 "frames": len(_open_maps(path, size, np.dtype(dtype)))}
                 continue
             except DataError:
                 pass  # unreadable or another shape: recompute
@@ -254,6 +257,7 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
         if len(frames) == 0:
             raise DataError(f"{e.source}: no frames decode")
         stored = encode_maps(_video_maps(model, frames, size, batch_size, device), dtype)
+        sources[e.id] = {**source_signature(e.source), "frames": len(stored)}
         if not started:
             _start_cache(out, meta)
             started = True
@@ -262,8 +266,26 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
             np.save(fh, stored)
     if not started:  # every map was there already, but meta.json was not
         _start_cache(out, meta)
+    atomic_write_text(out / SOURCES, json.dumps(sources, indent=0))
     atomic_write_text(out / "complete", f"{len(entries)} videos\n")
     return out
+
+
+SOURCES = "sources.json"  # video id -> signature of the video it was computed from (see source_signature)
+
+
+def source_signature(source: Path) -> dict[str, int]:
+    """What tells one copy of a video from another without decoding it: a video file's size in bytes, a frame
+    folder's number of files. :meth:`CachedTeacher.verify_sources` compares it with the training data's."""
+    source = Path(source)
+    if source.is_dir():
+        return {"frame_files": sum(1 for p in source.iterdir() if p.is_file() and not p.name.startswith("."))}
+    return {"bytes": source.stat().st_size}
+
+
+def _describe_signature(sig: Mapping[str, int]) -> str:
+    parts = {"bytes": "{} bytes", "frame_files": "{} frame files", "frames": "{} frames"}
+    return ", ".join(parts[k].format(v) for k, v in sig.items() if k in parts)
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
@@ -380,8 +402,14 @@ class CachedTeacher:
         self.index: dict[str, Path] = {}
         self.size: tuple[int, int] | None = None
         self._dtype: dict[str, np.dtype] = {}   # video id -> the dtype its cache's meta.json promises
+        self._sources: dict[str, dict[str, int]] = {}   # video id -> what it was cached from (sources.json)
+        self._unrecorded: list[Path] = []       # caches from before sources.json
         for root in roots:
             meta = _cache_meta(root)
+            if (root / SOURCES).is_file():
+                self._sources.update(_read_meta(root / SOURCES))
+            else:
+                self._unrecorded.append(root)
             size = tuple(meta["size"])
             if self.size is not None and size != self.size:
                 raise DataError(f"{root}: maps are {size[0]}×{size[1]} but {roots[0]} has {self.size[0]}×{self.size[1]}")
@@ -393,6 +421,40 @@ class CachedTeacher:
                 self.index[vid] = f
                 self._dtype[vid] = np.dtype(meta["dtype"])
         self._open: dict[str, np.ndarray] = {}
+
+    def verify_sources(self, entries: Sequence["VideoEntry"]) -> None:
+        """Check that this cache was built from these videos (the ones a run will distil on), before training.
+
+        Every video needs maps, and each recorded signature (:func:`source_signature`: file size or frame-file
+        count, and the frame count where the manifest has one) must match the video's: maps cached from another
+        copy or version of a dataset whose ids coincide would otherwise be used silently. Caches built before
+        ``sources.json`` existed cannot be checked (a warning says so; rerunning ``tinyhd cache-teacher`` on them
+        adds it without recomputing the maps). Raises :class:`~tinyhd.errors.DataError` naming the video.
+        """
+        missing = [e for e in entries if e.id not in self.index]
+        if missing:
+            raise DataError(f"{self.path}: no teacher maps for {len(missing)} of the {len(entries)} videos to distil "
+                            f"on (first: {missing[0].id}, {missing[0].source}); build the cache over this dataset "
+                            f"with `tinyhd cache-teacher`")
+        for e in entries:
+            recorded = self._sources.get(e.id)
+            if recorded is None:
+                continue
+            found = source_signature(e.source)
+            if e.frames is not None:
+                found["frames"] = e.frames
+            differ = {k: v for k, v in found.items() if k in recorded and recorded[k] != v}
+            if differ:
+                raise DataError(
+                    f"{self.index[e.id]}: cached from a video with {_describe_signature(recorded)}, but {e.source} "
+                    f"has {_describe_signature(found)}: the cache was built from another copy or version of the "
+                    f"dataset; rebuild it from this one with `tinyhd cache-teacher` (another --out folder)")
+        if self._unrecorded:
+            import warnings
+
+            warnings.warn(f"{', '.join(map(str, self._unrecorded))}: teacher cache(s) without {SOURCES} (built by an "
+                          f"older tinyhd): cannot check that they were built from this dataset; rerun `tinyhd "
+                          f"cache-teacher` on them to record it", stacklevel=2)
 
     def maps(self, video: str) -> np.ndarray:
         """The stored N×5×H×W array of a video (memory-mapped; its header is checked when first opened)."""

@@ -1040,6 +1040,9 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
     teacher = teacher if teacher is not None else build_teacher(cfg, device)
     if cfg.distill_on != "none" and teacher is None:
         raise UserError("distill_on is not 'none' but there is no teacher")
+    if hasattr(teacher, "verify_sources"):  # a cache: built from the videos this run distils on?
+        teacher.verify_sources([e for _, ds in data.train for e in ds.entries]
+                               + (list(data.aux.entries) if data.aux is not None else []))
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
