@@ -1,6 +1,7 @@
 """The trainer: config parsing, the epoch plan, sharding, optimizer groups, distillation wiring, chains, CLI."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,45 @@ def test_a_cached_teacher_is_checked_against_the_videos_distilled_on_before_trai
         train(cfg, tmp_path / "v", teacher=teacher)
     assert not teacher.sources                          # refused before the first step
     assert len(teacher.checked) == 8 and len(set(teacher.checked)) == 8   # 4 target + 4 auxiliary videos
+
+
+def _val_rows(out):
+    import json
+
+    return [(r["epoch"], r["step"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+            if r["kind"] == "val"]
+
+
+def test_extending_a_run_stopped_at_an_epoch_end_validates_each_epoch_once(tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 3}, distill_on="none", max_steps=2)      # 2 steps per epoch
+    train(cfg, tmp_path / "r")
+    assert _val_rows(tmp_path / "r") == [(0, 2)]
+    train(replace(cfg, max_steps=4), tmp_path / "r")    # the first epoch's end (deferred by max_steps) comes now
+    assert _val_rows(tmp_path / "r") == [(0, 2), (1, 4)]
+
+
+def test_a_kill_between_the_epoch_end_validation_and_its_checkpoint_is_redone_once(tmp_path, monkeypatch):
+    """The mid-epoch checkpoint at an epoch's last step precedes that epoch's validation: killed before the
+    epoch-end checkpoint, the resumed run validates again, and the log keeps one row for it (it kept both)."""
+    import tinyhd.training as tt
+
+    real = tt.atomic_torch_save
+
+    def killed_at_first_epoch_end(payload, path):
+        if Path(path).name == "last.pt" and payload["state"]["epoch"] == 1 and payload["state"]["step_in_epoch"] == 0:
+            raise KeyboardInterrupt("killed")
+        real(payload, path)
+
+    cfg = TrainConfig(**{**TINY, "epochs": 2}, distill_on="none", checkpoint_every=1)
+    monkeypatch.setattr(tt, "atomic_torch_save", killed_at_first_epoch_end)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "k")
+    assert _val_rows(tmp_path / "k") == [(0, 2)]          # logged after last.pt (step 2, mid-epoch) was written
+    monkeypatch.setattr(tt, "atomic_torch_save", real)
+    train(cfg, tmp_path / "k")
+    assert _val_rows(tmp_path / "k") == [(0, 2), (1, 4)]
+    steps = [r["step"] for r in train(cfg, tmp_path / "k").history if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]
 
 
 def test_changed_config_refuses_to_resume(tmp_path):

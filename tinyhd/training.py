@@ -1046,15 +1046,24 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": math.inf, "finished": False}
+    # log_rows: lines of log.jsonl written when the state was saved; val_step: the step of the last validation
+    state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": math.inf, "finished": False, "log_rows": 0,
+             "val_step": -1}
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         state.update(ckpt["state"])
         _set_rng_state(ckpt["rng"])
-    if is_main:  # drop log lines written after the checkpoint we resume from (they will be redone)
+    # drop the log lines written after the checkpoint we resume from (they will be redone): the first log_rows
+    # lines (a validation logged after a mid-epoch checkpoint at the same step is among the dropped ones);
+    # checkpoints from before log_rows: the lines up to its step
+    if ckpt is not None and "log_rows" in ckpt["state"]:
+        rows = _read_log(log_path)[:state["log_rows"]]
+    else:
         rows = _read_log(log_path, max_step=state["step"])
+    state["log_rows"] = len(rows)
+    if is_main:
         with atomic_open(log_path, "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
     ddp_model: nn.Module = model
@@ -1079,6 +1088,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
+        state["log_rows"] += 1
 
     def run_validation(epoch: int, done: bool) -> None:
         """Validate (rank 0), log the row, keep ``best.pt`` on the lowest ``val_loss``. DSL: every source with
@@ -1093,6 +1103,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
                 metrics_row = {"val_loss": float(np.mean([m["val_loss"] for _, m in per]))}
                 metrics_row.update({f"{name}/{k}": v for name, m in per for k, v in m.items()})
         log({"kind": "val", "epoch": epoch, "step": state["step"], **metrics_row})
+        state["val_step"] = state["step"]
         state["finished"] = done
         if is_main and metrics_row.get("val_loss", math.inf) < state["best"]:
             state["best"] = metrics_row["val_loss"]
@@ -1180,8 +1191,9 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 scheduler.step()
         done = stopped or state["epoch"] >= cfg.epochs
-        # validation: every epoch (val_every null), and where the run ends when val_every is set
-        if cfg.val_every is None or (cfg.val_every and done and state["step"] % cfg.val_every):
+        # validation: every epoch (val_every null), and where the run ends when val_every is set; not twice at
+        # one step (a run stopped by max_steps at an epoch's end validated there; extended, it ends that epoch now)
+        if (cfg.val_every is None or (cfg.val_every and done)) and state["val_step"] != state["step"]:
             run_validation(epoch, done)
         state["finished"] = done
         _sync_buffers(model, world)
