@@ -57,6 +57,8 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ({"epochs": 2.5}, "epochs"),
     ({"lr": "fast"}, "lr"),
     ({"dataset": 3}, "dataset"),
+    ({"clip_len": 20}, "clip_len"),                 # TinyHD-S: at most 16 (a bare traceback from the model)
+    ({"clip_len": 8, "output": "multi"}, "clip_len"),   # TinyHD-M: 16
 ])
 def test_bad_values_are_named(values, field):
     with pytest.raises(UserError, match=f"cfg.yaml: {field}"):
@@ -78,6 +80,12 @@ def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "'foo'" in err
     assert cli.main(["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r")]) == 2
+    # a bad --set is named as such, not blamed on the file
+    path.write_text("epochs: 1\n")
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "bogus=1"]) == 2
+    assert "--set bogus: unknown key" in capsys.readouterr().err
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "lr=abc"]) == 2
+    assert "bad.yaml with --set lr: lr: must be a number" in capsys.readouterr().err
 
 
 # -- epoch plan and sharding --------------------------------------------------------------------------------
@@ -229,6 +237,26 @@ def test_a_kill_between_the_epoch_end_validation_and_its_checkpoint_is_redone_on
     assert _val_rows(tmp_path / "k") == [(0, 2), (1, 4)]
     steps = [r["step"] for r in train(cfg, tmp_path / "k").history if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4]
+
+
+def test_unusable_run_folders_and_last_pt_are_named(tmp_path):
+    import shutil
+
+    from tinyhd.errors import CheckpointError
+
+    cfg = TrainConfig(**TINY, distill_on="none", max_steps=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"file: exists and is not a folder"):
+        train(cfg, tmp_path / "file")
+    result = train(cfg, tmp_path / "r")
+    for name, content, message in (("empty", b"", r"empty file \(0 bytes"),
+                                   ("text", b"not a checkpoint", r"not a readable PyTorch checkpoint .*: \w+"),
+                                   ("best", result.best.read_bytes(), r"not a resumable checkpoint .*no optimizer, rng")):
+        run = tmp_path / name
+        shutil.copytree(tmp_path / "r", run)
+        (run / "last.pt").write_bytes(content)
+        with pytest.raises(CheckpointError, match=rf"last\.pt: {message}.*move it away to start over"):
+            train(cfg, run)
 
 
 def test_changed_config_refuses_to_resume(tmp_path):

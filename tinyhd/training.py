@@ -194,6 +194,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "clip_len", "checkpoint_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be at least 1")
+        if self.model == "tinyhd" and self.output == "multi" and self.clip_len != 16:
+            raise bad("clip_len", "TinyHD-M (output: multi) maps 16 frames to 16: it must be 16")
+        if self.model == "tinyhd" and self.clip_len > 16:
+            raise bad("clip_len", "TinyHD-S takes at most 16 frames (its temporal strides reduce 16 to 1)")
         if self.max_steps is not None and self.max_steps < 1:
             raise bad("max_steps", "must be at least 1 (or null)")
         if self.optimizer not in OPTIMIZERS:
@@ -980,6 +984,8 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
            stack: contextlib.ExitStack) -> TrainResult:
     cfg = dataclasses.replace(cfg).validate()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder (--out names the run folder)")
     last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
 
     # -- processes: plain, or one of WORLD_SIZE ranks under torchrun ------------------------------------
@@ -1008,10 +1014,17 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
     # -- resume state, model, optimizer ------------------------------------------------------------------
     ckpt = None
     if last_path.is_file():
+        from tinyhd.checkpoints import read_torch_file
+
         try:
-            ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{last_path}: cannot resume from it ({exc}); move it away to start over") from exc
+            ckpt = read_torch_file(last_path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; cannot resume from it: move it away to start over") from exc
+        lacking = sorted({"state", "optimizer", "scheduler", "scaler", "rng"} - set(ckpt)) if isinstance(ckpt, dict) \
+            else ["everything"]
+        if lacking:  # e.g. a best.pt (weights only) copied over last.pt
+            raise CheckpointError(f"{last_path}: not a resumable checkpoint of this trainer (no {', '.join(lacking)}); "
+                                  f"cannot resume from it: move it away to start over")
         saved = ckpt.get("train_config", {})
         changed = sorted(k for k, v in asdict(cfg).items()
                          if k not in RESUMABLE_CHANGES and k in saved and _norm(saved[k]) != _norm(v))
@@ -1313,14 +1326,21 @@ def train_chain(base: Mapping[str, Any], stages: Sequence[Mapping[str, Any]], ou
 
 def run_config_file(path: str | os.PathLike, out_dir: str | os.PathLike,
                     overrides: Mapping[str, Any] | None = None) -> dict[str, TrainResult] | TrainResult:
-    """What ``tinyhd train CONFIG --out DIR`` does: one run, or a chain if the file has ``stages:``."""
+    """What ``tinyhd train CONFIG --out DIR`` does: one run, or a chain if the file has ``stages:``. Errors name
+    the file and, when ``overrides`` (``--set``) are given, those too."""
     values = read_yaml(path)
+    overrides = dict(overrides or {})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise UserError(f"--set {unknown[0]}: unknown key (known keys: {', '.join(sorted(known))})")
+    source = f"{path} with --set {', '.join(overrides)}" if overrides else str(path)
     if "stages" in values:
         stages = values.pop("stages")
         if not isinstance(stages, list):
             raise UserError(f"{path}: 'stages' must be a list of mappings")
-        return train_chain(values, stages, out_dir, source=str(path), overrides=overrides)
-    return train(config_from_dict({**values, **(overrides or {})}, source=str(path)), out_dir)
+        return train_chain(values, stages, out_dir, source=source, overrides=overrides)
+    return train(config_from_dict({**values, **overrides}, source=source), out_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------
