@@ -197,6 +197,23 @@ def test_output_path_that_is_a_file(tmp_path, avi, ckpt, capsys):
     assert target.read_text() == "keep me"
 
 
+def test_a_folder_holding_a_longer_videos_maps_is_refused(tmp_path, avi, ckpt, capsys):
+    """10 frames into a folder that holds 0001–0012.png: 0011/0012.png would pass for this video's; refused before
+    anything is written. The same video again into its own folder is fine (maps rewritten)."""
+    out = tmp_path / "maps"
+    out.mkdir()
+    for k in range(1, 13):
+        (out / f"{k:04d}.png").write_bytes(b"old")
+    _fails(capsys, [str(avi), "--checkpoint", str(ckpt), "--out", str(out)], out,
+           "2 map(s) numbered past this video's 10 frames (0011.png")
+    assert all((out / f"{k:04d}.png").read_bytes() == b"old" for k in range(1, 13))
+    for k in (11, 12):
+        (out / f"{k:04d}.png").unlink()
+    assert cli(["predict", str(avi), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    assert "wrote 10 saliency maps (48×64, H×W)" in capsys.readouterr().out
+    assert cv2.imread(str(out / "0010.png")) is not None
+
+
 def test_help_documents_frame_naming(capsys):
     with pytest.raises(SystemExit) as exc:
         cli(["predict", "--help"])

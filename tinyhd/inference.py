@@ -414,6 +414,11 @@ def cli_main(argv: list[str]) -> int:
 
     rgb = read_video(video)
     _check_not_truncated(video, len(rgb))
+    if out_dir.is_dir():  # maps of a longer video left there would pass for this one's
+        stale = sorted(p.name for p in out_dir.glob("[0-9][0-9][0-9][0-9].png") if int(p.stem) > len(rgb))
+        if stale:
+            raise UserError(f"{out_dir}: holds {len(stale)} map(s) numbered past this video's {len(rgb)} frames "
+                            f"({stale[0]} …), from an earlier run: use an empty --out folder or remove them")
     maps, _, _ = predict_raw(model, rgb, batch_size=args.batch_size, device=dev, output=model.output,
                              first_frames=args.first_frames, progress=not args.no_progress)
     h, w = rgb.shape[1:3]
@@ -428,7 +433,7 @@ def cli_main(argv: list[str]) -> int:
         write_image(out_dir / f"{k + 1:04d}.png", u8)
         if blended is not None:
             blended[k] = overlay(rgb[k], u8, args.alpha)
-    msg = f"wrote {len(maps)} saliency maps ({w}x{h}) to {out_dir}"
+    msg = f"wrote {len(maps)} saliency maps ({h}×{w}, H×W) to {out_dir}"
     if blended is not None:
         fps = None
         if video.is_file():
