@@ -86,7 +86,7 @@ def test_hd2s_like_dict_is_refused(tmp_path: Path) -> None:
           "decoder2.0.weight": torch.zeros(4), "last_conv.weight": torch.zeros(1, 4, 1, 1)}
     path = tmp_path / "hd2s.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match=r"hd2s\.pth: not a TinyHD checkpoint.*featureExtractor.*HD2S"):
+    with pytest.raises(CheckpointError, match=r"hd2s\.pth: an HD2S checkpoint \(the teacher\), not a TinyHD one"):
         load_checkpoint(path)
     torch.save({"student_model": sd}, path)
     with pytest.raises(CheckpointError, match=r"missing key 'encoder\.encoder\.0\.0\.weight'"):

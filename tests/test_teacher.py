@@ -340,3 +340,20 @@ def test_hd2s_preprocessing_matches_the_student_conversion():
     assert preprocess_hd2s(frames[:, :100, :150], size=(64, 96)).shape == (3, 16, 64, 96)
     with pytest.raises(ValueError, match="uint8"):
         preprocess_hd2s(frames.astype("float32"))
+
+
+def test_checkpoints_of_the_other_model_are_named_as_such(tmp_path, hd2s):
+    """A TinyHD file given where HD2S is expected, and the reverse, say which model the file holds."""
+    import tinyhd
+    from tinyhd.teacher import load_hd2s, save_hd2s
+
+    tiny = tmp_path / "student.pt"
+    tinyhd.save_checkpoint(tinyhd.TinyHD(output="single", decoders=("d3",), reduction=4), tiny)
+    with pytest.raises(CheckpointError, match=r"student\.pt: a TinyHD checkpoint \(a student\), not an HD2S one"):
+        load_hd2s(tiny)
+    ours, authors = tmp_path / "ours.pt", tmp_path / "authors.pth"
+    save_hd2s(hd2s, ours)
+    torch.save(official_state_dict(hd2s), authors)
+    for path in (ours, authors):
+        with pytest.raises(CheckpointError, match=rf"{path.name}: an HD2S checkpoint \(the teacher\), not a TinyHD"):
+            tinyhd.load_checkpoint(path)

@@ -440,3 +440,9 @@ def test_verify_sources_refuses_a_cache_built_from_another_copy_of_the_dataset(t
     build_teacher_cache(hd2s, data_root, old, size=SIZE, progress=False)
     assert (old / "001.npy").stat().st_mtime_ns == stamp and (old / "sources.json").is_file()
     CachedTeacher(old).verify_sources(entries(data_root))
+
+
+def test_a_file_given_as_the_cache_folder_is_named(tmp_path):
+    (tmp_path / "hd2s.pt").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"hd2s\.pt: a file, not a teacher cache folder"):
+        CachedTeacher(tmp_path / "hd2s.pt")

@@ -236,6 +236,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ``{"student_model": ...}`` files. The model is returned in eval mode."""
     path = Path(path)
     obj = read_torch_file(path, map_location)
+    if _is_hd2s(obj):
+        raise CheckpointError(f"{path}: an HD2S checkpoint (the teacher), not a TinyHD one: load it with "
+                              f"tinyhd.load_hd2s, or use it as a teacher (teacher: hd2s:PATH)")
     if isinstance(obj, Mapping) and "student_model" in obj:
         return load_official_checkpoint(path, map_location)
     if isinstance(obj, Mapping) and "model" in obj and "config" in obj:
@@ -247,6 +250,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return _to_device(_from_config(config, obj["model"], path), map_location).eval()
     raise CheckpointError(f"{path}: not a TinyHD checkpoint: expected {{'format': 'tinyhd', 'config', 'model'}} "
                           f"or the authors' {{'student_model': ...}}, found {_describe(obj)}")
+
+
+def _is_hd2s(obj: Any) -> bool:
+    """An HD2S file: ours (``format: hd2s``, also a training ``last.pt``) or the authors' bare state dict."""
+    if not isinstance(obj, Mapping):
+        return False
+    if obj.get("format") == "hd2s":
+        return True
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()) \
+        and any(k.startswith(("featureExtractor.", "module.featureExtractor.")) for k in obj)
 
 
 def _to_device(model: TinyHD, map_location: Any) -> TinyHD:

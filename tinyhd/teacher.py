@@ -630,6 +630,11 @@ def load_hd2s(path: str | Path, map_location: str | torch.device = "cpu") -> HD2
 
     path = Path(path)
     obj = read_torch_file(path, map_location)
+    if isinstance(obj, dict) and (obj.get("format") == "tinyhd" or "student_model" in obj
+                                  or isinstance(obj.get("train_config"), dict)
+                                  and obj["train_config"].get("model", "tinyhd") == "tinyhd"):
+        raise CheckpointError(f"{path}: a TinyHD checkpoint (a student), not an HD2S one: load it with "
+                              f"tinyhd.load_checkpoint, or use it as a teacher (teacher: student:PATH)")
     if not (isinstance(obj, dict) and obj.get("format") == "hd2s"):
         return load_official_hd2s(path, map_location)
     cls = VARIANTS.get(obj.get("variant", ""))

@@ -393,6 +393,9 @@ class CachedTeacher:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
+        if self.path.is_file():
+            raise DataError(f"{self.path}: a file, not a teacher cache folder (teacher: cache:FOLDER, as written by "
+                            f"`tinyhd cache-teacher`; a checkpoint is teacher: hd2s:PATH)")
         if not self.path.is_dir():
             raise DataError(f"{self.path}: teacher cache folder does not exist (build it with `tinyhd cache-teacher`)")
         roots = [self.path] if (self.path / "meta.json").is_file() else sorted(
