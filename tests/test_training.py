@@ -259,6 +259,16 @@ def test_unusable_run_folders_and_last_pt_are_named(tmp_path):
             train(cfg, run)
 
 
+def test_a_path_spelled_differently_still_resumes(tmp_path):
+    from tinyhd.synth import ensure_synthetic
+
+    root = str(ensure_synthetic("dhf1k", progress=False))
+    cfg = TrainConfig(**TINY, distill_on="none", max_steps=1, data_root=root)
+    train(cfg, tmp_path / "r")
+    result = train(replace(cfg, data_root=root + "//", max_steps=2), tmp_path / "r")   # was "data_root differ"
+    assert [r["step"] for r in result.history if r["kind"] == "train"] == [1, 2]
+
+
 def test_changed_config_refuses_to_resume(tmp_path):
     cfg = TrainConfig(**TINY, distill_on="none", max_steps=1)
     train(cfg, tmp_path / "r")

@@ -1027,7 +1027,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
                                   f"cannot resume from it: move it away to start over")
         saved = ckpt.get("train_config", {})
         changed = sorted(k for k, v in asdict(cfg).items()
-                         if k not in RESUMABLE_CHANGES and k in saved and _norm(saved[k]) != _norm(v))
+                         if k not in RESUMABLE_CHANGES and k in saved and _norm(saved[k], k) != _norm(v, k))
         if saved.get("model", "tinyhd") != cfg.model and "model" not in changed:
             changed.append("model")
         if changed:
@@ -1283,7 +1283,13 @@ def last_validation(result: TrainResult) -> dict[str, float]:
     return {k: v for k, v in rows[-1].items() if k not in ("kind", "epoch")}
 
 
-def _norm(v: Any) -> Any:
+_PATH_FIELDS = ("data_root", "aux_root", "da_target_root", "init_from")
+
+
+def _norm(v: Any, key: str = "") -> Any:
+    """A config value as compared on resume: sequences as lists, paths spelled one way (``/data/x/`` = ``/data/x``)."""
+    if key in _PATH_FIELDS and isinstance(v, (str, os.PathLike)):
+        return os.path.normpath(os.path.expanduser(os.fspath(v)))
     return list(v) if isinstance(v, (tuple, list)) else v
 
 
