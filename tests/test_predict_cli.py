@@ -214,6 +214,18 @@ def test_a_folder_holding_a_longer_videos_maps_is_refused(tmp_path, avi, ckpt, c
     assert cv2.imread(str(out / "0010.png")) is not None
 
 
+def test_a_checkpoint_trained_at_another_size_gets_a_note(tmp_path, avi, ckpt, capsys):
+    """predict runs the authors' 192×256 pipeline; a reduced-scale (32×64) checkpoint says so on stderr."""
+    assert cli(["predict", str(avi), "--checkpoint", str(ckpt), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert "note:" not in capsys.readouterr().err                     # no training size recorded: no note
+    small = tmp_path / "small.pt"
+    torch.save({**torch.load(ckpt, weights_only=True), "train_config": {"size": [32, 64]}}, small)
+    assert cli(["predict", str(avi), "--checkpoint", str(small), "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "small.pt was trained on 32×64 clips; predict runs the authors' pipeline at 192×256" in err
+    assert tinyhd.load_checkpoint(small).trained_size == (32, 64)
+
+
 def test_help_documents_frame_naming(capsys):
     with pytest.raises(SystemExit) as exc:
         cli(["predict", "--help"])

@@ -247,7 +247,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             config = config["model"]  # a training config that nests the model kwargs
         if isinstance(config, Mapping):
             config = {k: v for k, v in config.items() if k in _TINYHD_KWARGS} if obj.get("format") != FORMAT else config
-        return _to_device(_from_config(config, obj["model"], path), map_location).eval()
+        model = _to_device(_from_config(config, obj["model"], path), map_location).eval()
+        train_config = obj.get("train_config")
+        if isinstance(train_config, Mapping) and isinstance(train_config.get("size"), (list, tuple)):
+            model.trained_size = tuple(int(v) for v in train_config["size"])  # H, W of the clips it was trained on
+        return model
     raise CheckpointError(f"{path}: not a TinyHD checkpoint: expected {{'format': 'tinyhd', 'config', 'model'}} "
                           f"or the authors' {{'student_model': ...}}, found {_describe(obj)}")
 

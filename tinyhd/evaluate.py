@@ -338,7 +338,7 @@ def cli_main(argv: list[str]) -> int:
     import torch
 
     from tinyhd.checkpoints import load_checkpoint
-    from tinyhd.inference import resolve_checkpoint
+    from tinyhd.inference import checked_device, note_training_size, resolve_checkpoint
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"{args.out}: --out must be a folder, but a file of that name exists")
@@ -349,9 +349,8 @@ def cli_main(argv: list[str]) -> int:
         raise DataError(f"{root}: dataset folder does not exist")
     ckpt = resolve_checkpoint(args.checkpoint, download=args.download)
     model = load_checkpoint(ckpt)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    note_training_size(model, ckpt, "evaluate")
+    device = checked_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     cache: bool | str = False if args.no_cache else (args.cache_dir or True)
     per_frame, summary = evaluate(

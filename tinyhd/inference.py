@@ -165,6 +165,18 @@ def checked_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def note_training_size(model: nn.Module, checkpoint: Any, command: str) -> None:
+    """On stderr: a checkpoint trained on clips of another size than the authors' 192×256 pipeline that
+    ``predict``/``evaluate`` run (e.g. a reduced-scale 32×64 run) sees its objects larger than in training."""
+    size = getattr(model, "trained_size", None)
+    if size and tuple(size) != tuple(INPUT_SIZE):
+        import sys
+
+        print(f"tinyhd {command}: note: {checkpoint} was trained on {size[0]}×{size[1]} clips; {command} runs the "
+              f"authors' pipeline at {INPUT_SIZE[0]}×{INPUT_SIZE[1]}, so its maps are those of frames "
+              f"{INPUT_SIZE[0] / size[0]:.3g}× larger than in training", file=sys.stderr)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -402,6 +414,7 @@ def cli_main(argv: list[str]) -> int:
 
     ckpt = resolve_checkpoint(args.checkpoint, download=args.download)
     model = load_checkpoint(ckpt)
+    note_training_size(model, ckpt, "predict")
     dev = checked_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     if not args.plain:
