@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -170,8 +171,6 @@ def note_training_size(model: nn.Module, checkpoint: Any, command: str) -> None:
     ``predict``/``evaluate`` run (e.g. a reduced-scale 32×64 run) sees its objects larger than in training."""
     size = getattr(model, "trained_size", None)
     if size and tuple(size) != tuple(INPUT_SIZE):
-        import sys
-
         print(f"tinyhd {command}: note: {checkpoint} was trained on {size[0]}×{size[1]} clips; {command} runs the "
               f"authors' pipeline at {INPUT_SIZE[0]}×{INPUT_SIZE[1]}, so its maps are those of frames "
               f"{INPUT_SIZE[0] / size[0]:.3g}× larger than in training", file=sys.stderr)

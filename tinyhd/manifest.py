@@ -256,12 +256,25 @@ def parse_manifest(raw: Any, path: Path | None = None) -> Manifest:
                     frames={str(k): int(v) for k, v in frames.items()}, path=path, raw=raw)
 
 
-def manifest_for_root(root: str | os.PathLike, dataset: str | None = None) -> Manifest:
-    """``ROOT/manifest.yaml`` when the dataset carries its own (synthetic sets do), else the named one."""
+def dataset_key(name: str) -> str:
+    """A dataset name compared across spellings: aliases resolved and ``synthetic-`` dropped, so "kinetics",
+    "kinetics400" and "synthetic-kinetics400" (the synthetic set in that layout) are the same dataset."""
+    key = name.lower().removeprefix("synthetic-")
+    return ALIASES.get(key, key)
+
+
+def manifest_for_root(root: str | os.PathLike, dataset: str | None = None, refuse_other: bool = False) -> Manifest:
+    """``ROOT/manifest.yaml`` when the dataset carries its own (synthetic sets do), else the named one. With
+    ``refuse_other``, a named ``dataset`` that is not the one of the folder's own manifest is a UserError (the
+    loaders pass their default name and keep the folder's; ``tinyhd cache-teacher`` refuses the contradiction)."""
     root = Path(root)
     own = root / "manifest.yaml"
     if own.is_file():
-        return load_manifest(own)
+        m = load_manifest(own)
+        if refuse_other and dataset is not None and dataset_key(load_manifest(dataset).name) != dataset_key(m.name):
+            raise UserError(f"{own}: the dataset folder has its own manifest, for {m.name!r}, but the dataset given "
+                            f"is {dataset!r}; name no dataset to use that manifest")
+        return m
     if dataset is None:
         raise DataError(f"{root}: no manifest.yaml in the dataset folder; name the dataset (e.g. 'dhf1k')")
     return load_manifest(dataset)

@@ -587,10 +587,11 @@ def load_official_hd2s(path: str | Path, map_location: str | torch.device = "cpu
     renamed, source, unknown = {}, {}, []
     for k, v in sd.items():
         try:
-            renamed[official_key_to_ours(k)] = v
-            source[official_key_to_ours(k)] = k
+            ours_k = official_key_to_ours(k)
         except KeyError:
             unknown.append(k)
+            continue
+        renamed[ours_k], source[ours_k] = v, k
     # both lists in the authors' names, as they are (or should be) in the file
     missing = sorted(_official_name(k) for k in set(ours) - set(renamed))
     unexpected = sorted(unknown + [source[k] for k in renamed if k not in ours])

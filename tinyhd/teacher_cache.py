@@ -81,28 +81,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 # -- building --------------------------------------------------------------------------------------------------
 
-def _dataset_key(name: str) -> str:
-    """A dataset name compared across spellings: aliases resolved and ``synthetic-`` dropped, so "kinetics",
-    "kinetics400" and "synthetic-kinetics400" (the synthetic set in that layout) are the same dataset."""
-    from tinyhd.manifest import ALIASES
-
-    key = name.lower().removeprefix("synthetic-")
-    return ALIASES.get(key, key)
-
-
 def _manifest(dataset_root: Path, dataset: str | None) -> "Manifest":
     """The manifest that lists ``dataset_root``'s videos: the folder's own ``manifest.yaml`` when it has one
     (``dataset``, if given, must then name the same dataset), else the named one (default ``dhf1k``)."""
-    from tinyhd.manifest import load_manifest
+    from tinyhd.manifest import manifest_for_root
 
-    own = dataset_root / "manifest.yaml"
-    if not own.is_file():
-        return load_manifest(dataset or "dhf1k")
-    m = load_manifest(own)
-    if dataset is not None and _dataset_key(load_manifest(dataset).name) != _dataset_key(m.name):
-        raise UserError(f"{own}: the dataset folder has its own manifest, for {m.name!r}, but the dataset given "
-                        f"is {dataset!r}; omit --dataset (dataset=None) to use that manifest")
-    return m
+    if dataset is None and not (dataset_root / "manifest.yaml").is_file():
+        dataset = "dhf1k"
+    return manifest_for_root(dataset_root, dataset, refuse_other=True)
 
 
 def _entries(m: "Manifest", dataset_root: Path, splits: Sequence[str],
@@ -150,8 +136,9 @@ def _meta(dataset: str, splits: Sequence[str], size: Sequence[int], dtype: str, 
             "model": fingerprint}
 
 
-def _read_meta(path: Path) -> dict:
-    """A cache's ``meta.json`` as a dict; a :class:`~tinyhd.errors.DataError` naming the file if it is unreadable."""
+def _read_json_object(path: Path) -> dict:
+    """A cache's JSON file (``meta.json``, ``sources.json``) as a dict; a :class:`~tinyhd.errors.DataError` naming
+    the file if it is unreadable or not a JSON object."""
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -167,7 +154,9 @@ def _same_setting(key: str, old: Any, new: Any) -> bool:
     """Whether a recorded ``meta.json`` field matches; ``dataset`` compares names, not spellings (older versions
     recorded the name given, e.g. ``dhf1k`` for a synthetic DHF1K-layout set, now ``synthetic-dhf1k``)."""
     if key == "dataset" and isinstance(old, str) and isinstance(new, str):
-        return _dataset_key(old) == _dataset_key(new)
+        from tinyhd.manifest import dataset_key
+
+        return dataset_key(old) == dataset_key(new)
     return old == new
 
 
@@ -180,7 +169,7 @@ def _meta_is_current(out: Path, meta: dict) -> bool:
         return False
     holds_maps = next(out.rglob("*.npy"), None) is not None
     try:
-        old = _read_meta(path)
+        old = _read_json_object(path)
     except DataError as exc:
         if holds_maps:
             raise DataError(f"{exc}; the folder holds teacher maps of unknown settings: use another folder") from None
@@ -365,7 +354,7 @@ def _check_float16_range(stored: np.ndarray, path: Path, frames: np.ndarray) -> 
 def _cache_meta(root: Path) -> dict:
     """``root/meta.json`` checked for what the reader relies on: format, a finished cache, size, dtype, channels."""
     path = root / "meta.json"
-    meta = _read_meta(path)
+    meta = _read_json_object(path)
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: unknown cache format {meta.get('format')!r} (expected {FORMAT!r})")
     if not (root / "complete").is_file():
@@ -410,7 +399,7 @@ class CachedTeacher:
         for root in roots:
             meta = _cache_meta(root)
             if (root / SOURCES).is_file():
-                self._sources.update(_read_meta(root / SOURCES))
+                self._sources.update(_read_json_object(root / SOURCES))
             else:
                 self._unrecorded.append(root)
             size = tuple(meta["size"])

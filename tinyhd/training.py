@@ -221,6 +221,11 @@ class TrainConfig:
         would otherwise pass for true. A float field also takes a number written as a string (PyYAML reads
         ``1e-3`` as one) and stores it as a float."""
         words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+        not_bool = (bool, np.bool_)  # numpy scalars (a notebook's computed values) pass as their Python kinds
+        holds = {"bool": lambda v: isinstance(v, not_bool),
+                 "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, not_bool),
+                 "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, not_bool),
+                 "str": lambda v: isinstance(v, (str, os.PathLike))}
         for f in fields(self):
             parts = [p.strip() for p in str(f.type).split("|")]
             kinds = [p for p in parts if p != "None"]
@@ -236,11 +241,7 @@ class TrainConfig:
                     pass
                 else:
                     setattr(self, f.name, value)
-            ok = {"bool": lambda v: isinstance(v, (bool, np.bool_)),          # numpy scalars from notebooks too
-                  "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)),
-                  "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)),
-                  "str": lambda v: isinstance(v, (str, os.PathLike))}[kind](value)
-            if not ok:
+            if not holds[kind](value):
                 raise bad(f.name, f"must be {words[kind]}{' or null' if 'None' in parts else ''}")
 
     def _validate_hd2s(self, bad: Callable[[str, str], UserError]) -> None:
