@@ -80,20 +80,17 @@ def read_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{path}: empty file (0 bytes; an interrupted download or copy?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
+    except Exception as exc:  # truncated zip, text file, wrong magic number, pickled code, ...
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if isinstance(exc, pickle.UnpicklingError) and found:
             raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors and plain "
                                   f"containers, which could run code (it references {found.group(1)})") from exc
-        # not a pickle the weights-only reader understands at all (a text file, another format, garbage)
-        why = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
-        detail = why.group(1).strip() if why else str(exc).splitlines()[0]
+        # not a file the weights-only reader understands at all (a text file, another format, garbage)
+        why = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = why.group(1).strip() if why else (text.splitlines()[0] if text else "")
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another format?): "
                               f"{type(exc).__name__}: {detail}") from exc
-    except Exception as exc:  # truncated zip, text file, wrong magic number, ...
-        msg = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(exc).__name__}: {msg}") from exc
 
 
 def _describe(obj: Any) -> str:
