@@ -429,9 +429,44 @@ def test_notebook_scale_reduced_and_full_defaults():
     reduced = notebook_scale(None, epochs=2)
     assert (reduced.full, reduced.size, reduced.batch_size, reduced.max_steps, reduced.optimizer,
             reduced.milestones) == (False, (32, 64), 2, 40, "adam", ())
-    full = notebook_scale("/data/DHF1K", epochs=200)
+    assert (reduced.epochs, reduced.teacher) == (2, "reduced")
+    assert notebook_scale(None).epochs == 10
+    full = notebook_scale("/data/DHF1K", epochs=200, teacher="hd2s:/w/hd2s.pth")
     assert (full.full, full.size, full.batch_size, full.max_steps, full.optimizer,
-            full.milestones) == (True, (192, 256), 12, None, "sgd", (100, 150, 180))
-    explicit = notebook_scale("/data/DHF1K", size=(96, 128), batch_size=4, max_steps=7, optimizer="adam", epochs=40)
+            full.milestones, full.teacher) == (True, (192, 256), 12, None, "sgd", (100, 150, 180), "hd2s:/w/hd2s.pth")
+    # epochs left at None is the paper's 200 at full scale (a -p data_root run is the paper's schedule)
+    assert notebook_scale("/data/DHF1K", teacher="cache:/c").epochs == 200
+    assert notebook_scale("/data/DHF1K", teacher="cache:/c").milestones == (100, 150, 180)
+    explicit = notebook_scale("/data/DHF1K", size=(96, 128), batch_size=4, max_steps=7, optimizer="adam", epochs=40,
+                              teacher=None)
     assert (explicit.size, explicit.batch_size, explicit.max_steps, explicit.optimizer,
             explicit.milestones) == ((96, 128), 4, 7, "adam", (20, 30, 36))
+
+
+@pytest.mark.parametrize("teacher", ["auto", "reduced"])
+def test_notebook_scale_wants_a_real_teacher_at_full_scale(teacher):
+    """The reduced teacher at full scale would train a toy HD2S and cache its maps over all of DHF1K and
+    Kinetics-400 on the CPU: the notebooks say what to pass instead, before anything runs."""
+    from tinyhd.errors import UserError
+    from tinyhd.training import notebook_scale
+
+    with pytest.raises(UserError, match="hd2s:") as info:
+        notebook_scale("/data/DHF1K", teacher=teacher)
+    assert "cache" in str(info.value)
+
+
+def test_reduced_teacher_is_refused_on_a_real_dataset(tmp_path):
+    """build_teacher refuses teacher: reduced when data_root or aux_root is not a synthetic set (no own
+    manifest.yaml named synthetic-*), before training or caching anything."""
+    from tinyhd.errors import UserError
+    from tinyhd.synth import ensure_synthetic
+    from tinyhd.training import TrainConfig, build_teacher
+
+    real = tmp_path / "DHF1K"
+    real.mkdir()
+    with pytest.raises(UserError, match=r"data_root = .*DHF1K.*hd2s:CKPT"):
+        build_teacher(TrainConfig(data_root=str(real), teacher="reduced"))
+    with pytest.raises(UserError, match=r"aux_root = .*kinetics"):
+        build_teacher(TrainConfig(data_root=str(ensure_synthetic("dhf1k")), aux_root=str(tmp_path / "kinetics"),
+                                  teacher="reduced"))
+    assert not any(tmp_path.rglob("*.npy"))

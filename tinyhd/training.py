@@ -751,10 +751,35 @@ def build_teacher(cfg: TrainConfig, device: torch.device | str = "cpu") -> Calla
     if kind == "reduced":
         from tinyhd.teacher_cache import ensure_reduced_teacher
 
+        _refuse_reduced_teacher_on_real_data(cfg)
         # the reduced-scale HD2S and its cached maps (train split + the auxiliary videos this run uses)
         return ensure_reduced_teacher(cfg.data_root, cfg.aux_root, size=tuple(cfg.size), seed=cfg.seed,
                                       aux_videos=cfg.max_aux_videos, progress=cfg.progress)
     raise UserError(f"teacher {cfg.teacher!r}: unknown kind {kind!r}")
+
+
+def _is_synthetic_root(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is a synthetic set (:mod:`tinyhd.synth` writes its own ``manifest.yaml`` named
+    ``synthetic-*``); real datasets carry no manifest of their own."""
+    from tinyhd.manifest import load_manifest
+
+    own = Path(root) / "manifest.yaml"
+    return own.is_file() and load_manifest(own).name.startswith("synthetic")
+
+
+def _refuse_reduced_teacher_on_real_data(cfg: TrainConfig) -> None:
+    """``teacher: reduced`` is the reduced-scale stand-in: a few hundred Adam steps of HD2S from scratch, then its
+    maps cached on the CPU for every train frame and every auxiliary video. On DHF1K + Kinetics-400 that cache
+    alone would be terabytes and weeks of CPU time, so it is refused there with what to use instead."""
+    real = [(name, root) for name, root in (("data_root", cfg.data_root), ("aux_root", cfg.aux_root))
+            if root is not None and not _is_synthetic_root(root)]
+    if real:
+        name, root = real[0]
+        raise UserError(
+            f"teacher 'reduced' is the synthetic set's small-budget HD2S and cannot be used with a real dataset "
+            f"({name} = {root}): give the paper's teacher as teacher: hd2s:CKPT (an HD2S checkpoint, ours or the "
+            f"authors', run on the fly) or teacher: cache:PATH (its maps stored once by `tinyhd cache-teacher`); "
+            f"train one with `tinyhd train hd2s_dhf1k` (docs/training.md)")
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -1242,18 +1267,34 @@ class NotebookScale:
     max_steps: int | None
     optimizer: str
     milestones: tuple[int, ...]
+    epochs: int = 200
+    teacher: str | None = None
 
 
 def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, batch_size: int | None = None,
-                   max_steps: int | str | None = "auto", optimizer: str = "auto", epochs: int = 200,
-                   reduced_steps: int = 40) -> NotebookScale:
+                   max_steps: int | str | None = "auto", optimizer: str = "auto", epochs: int | None = None,
+                   reduced_steps: int = 40, reduced_epochs: int = 10,
+                   teacher: str | None = "auto") -> NotebookScale:
     """Resolve the notebooks' ``None``/``"auto"`` parameters for reduced or full scale.
 
-    Full scale (``data_root`` given): 192×256, batch 12, no step limit, the paper's SGD (§4.2). Reduced scale
-    (synthetic set): 32×64, batch 2, ``reduced_steps`` Adam steps (SGD from a random init does not move in
-    40 steps). Milestones are the paper's 100/150/180 of 200 epochs scaled to ``epochs`` (none below 20).
+    Full scale (``data_root`` given): 192×256, batch 12, 200 epochs, no step limit, the paper's SGD (§4.2).
+    Reduced scale (synthetic set): 32×64, batch 2, ``reduced_epochs`` epochs cut at ``reduced_steps`` Adam steps
+    (SGD from a random init does not move in 40 steps). Milestones are the paper's 100/150/180 of 200 epochs
+    scaled to ``epochs`` (none below 20). ``teacher="auto"`` is ``"reduced"`` on the synthetic set; at full
+    scale a teacher must be given (``hd2s:CKPT`` or ``cache:PATH``), and ``"reduced"`` is refused there, as
+    the trainer refuses it (it would train a toy HD2S and cache its maps over all of DHF1K and Kinetics-400).
     """
     full = data_root is not None
+    epochs = int(epochs) if epochs is not None else (200 if full else reduced_epochs)
+    if teacher == "auto":
+        if full:
+            raise UserError("teacher: at full scale (data_root set) give the distillation teacher, e.g. "
+                            "-p teacher hd2s:/weights/hd2s.pth (run on the fly) or -p teacher cache:/data/hd2s_cache "
+                            "(maps stored by `tinyhd cache-teacher`); train HD2S with `tinyhd train hd2s_dhf1k`")
+        teacher = "reduced"
+    elif teacher == "reduced" and full:
+        raise UserError("teacher 'reduced' is the synthetic set's small-budget HD2S: at full scale (data_root set) "
+                        "give -p teacher hd2s:CKPT or -p teacher cache:PATH (see docs/training.md)")
     return NotebookScale(
         full=full,
         size=tuple(size) if size is not None else ((192, 256) if full else (32, 64)),
@@ -1261,6 +1302,8 @@ def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, 
         max_steps=(None if full else reduced_steps) if max_steps == "auto" else max_steps,
         optimizer=("sgd" if full else "adam") if optimizer == "auto" else optimizer,
         milestones=tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else (),
+        epochs=epochs,
+        teacher=teacher,
     )
 
 
