@@ -1,6 +1,8 @@
 """The trainer: config parsing, the epoch plan, sharding, optimizer groups, distillation wiring, chains, CLI."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -201,8 +203,6 @@ def test_a_cached_teacher_is_checked_against_the_videos_distilled_on_before_trai
 
 
 def _val_rows(out):
-    import json
-
     return [(r["epoch"], r["step"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
             if r["kind"] == "val"]
 
@@ -237,6 +237,22 @@ def test_a_kill_between_the_epoch_end_validation_and_its_checkpoint_is_redone_on
     assert _val_rows(tmp_path / "k") == [(0, 2), (1, 4)]
     steps = [r["step"] for r in train(cfg, tmp_path / "k").history if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4]
+
+
+def test_calling_train_on_a_finished_run_leaves_its_log_untouched(tmp_path):
+    """A finished run asked for again (a notebook re-executed) returns its history without rewriting log.jsonl;
+    a half-written last line (a kill while logging) is still dropped on resume."""
+    cfg = TrainConfig(**TINY, distill_on="none", max_steps=2)
+    train(cfg, tmp_path / "r")
+    log = tmp_path / "r" / "log.jsonl"
+    before = (log.read_bytes(), log.stat().st_mtime_ns)
+    os.utime(log, ns=(before[1] - 10**9, before[1] - 10**9))      # an older mtime, so a rewrite would show
+    train(cfg, tmp_path / "r")
+    assert (log.read_bytes(), log.stat().st_mtime_ns) == (before[0], before[1] - 10**9)
+    with open(log, "a") as fh:
+        fh.write('{"kind": "tra')
+    train(cfg, tmp_path / "r")
+    assert log.read_bytes() == before[0]
 
 
 def test_unusable_run_folders_and_last_pt_are_named(tmp_path):

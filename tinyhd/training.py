@@ -1102,9 +1102,11 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
     else:
         rows = _read_log(log_path, max_step=state["step"])
     state["log_rows"] = len(rows)
-    if is_main:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    # rewritten only when lines are dropped (a finished run called again leaves its log as it is, mtime included)
+    if is_main and (not log_path.is_file() or log_path.read_text() != text):
         with atomic_open(log_path, "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in rows)
+            fh.write(text)
     ddp_model: nn.Module = model
     if world > 1:  # DSL: the other sources' parameters take no part in a mini-batch
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
