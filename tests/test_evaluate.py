@@ -15,7 +15,7 @@ import tinyhd
 from tinyhd import metrics as M
 from tinyhd.cli import main as cli
 from tinyhd.data import SaliencyClipDataset
-from tinyhd.evaluate import evaluate, format_table, summarise
+from tinyhd.evaluate import evaluate, format_table, summarise, write_results
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,167 @@ def test_cli_evaluate_bad_input(tmp_path, synth, capsys):
     rc = cli(["evaluate", "--checkpoint", str(ckpt), "--data", str(synth), "--split", "nosuchsplit"])
     err = capsys.readouterr().err
     assert rc == 2 and "nosuchsplit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_channel_first_predictions_score_as_the_maps(synth, val_gt):
+    # N×1×H×W, as a model outputs them: the GT as prediction is still perfect (was CC -0.09 when 1×H×W was
+    # read as an H×W×C image)
+    preds = {v: g.maps[:, None] for v, g in val_gt.items()}
+    _, s = evaluate(None, synth, "val", predictions=preds, frame_step=4, progress=False)
+    assert s["pooled"]["cc"] == pytest.approx(1.0, abs=1e-9)
+    assert s["pooled"]["auc_judd"] > 0.95
+    tensors = {v: torch.from_numpy(g.maps)[:, None] for v, g in val_gt.items()}
+    _, st = evaluate(None, synth, "val", predictions=tensors, frame_step=4, progress=False)
+    assert st["pooled"]["cc"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_prediction_count_and_indices_must_match_the_gt(synth, val_gt):
+    v = sorted(val_gt)[0]
+    n = len(val_gt[v].maps)
+    full = {k: g.maps for k, g in val_gt.items()}
+    for count in (n - 18, n + 2):
+        maps = np.concatenate([val_gt[v].maps] * 2)[:count]
+        with pytest.raises(ValueError, match=f"{count} maps but the GT of video {v} has {n} frames"):
+            evaluate(None, synth, "val", predictions={**full, v: maps}, progress=False)
+    with pytest.raises(ValueError, match="frame index 0 is given 2 times"):
+        evaluate(None, synth, "val", predictions={**full, v: ([0, 0, 1], val_gt[v].maps[:3])}, progress=False)
+    with pytest.raises(ValueError, match=f"frame index {n} is outside the {n} GT frames"):
+        evaluate(None, synth, "val", predictions={**full, v: ([0, n], val_gt[v].maps[:2])}, progress=False)
+    with pytest.raises(ValueError, match="must be integers"):
+        evaluate(None, synth, "val", predictions={**full, v: ([0.0, 1.5], val_gt[v].maps[:2])}, progress=False)
+
+
+def test_prediction_keys_outside_the_split_and_no_model(synth, val_gt, tmp_path):
+    full = {k: g.maps for k, g in val_gt.items()}
+    with pytest.raises(ValueError, match=r"split 'val' .*does not have: \['999'\]"):
+        evaluate(None, synth, "val", predictions={**full, "999": full[sorted(full)[0]]}, progress=False)
+    # predictions for the whole split, a subset evaluated: no model is needed, none is hashed for a cache
+    per_frame, s = evaluate(None, synth, "val", predictions=full, max_videos=1, frame_step=8, cache=tmp_path,
+                            progress=False)
+    assert s["n_videos"] == 1 and s["model"] is None
+    model = CountingEcho()  # a model given but every video predicted: it never runs and nothing is cached
+    evaluate(model, synth, "val", predictions=full, max_videos=1, frame_step=8, cache=tmp_path, progress=False)
+    assert model.calls == 0 and not list(tmp_path.rglob("*.npz"))
+
+
+def test_nan_frames_are_counted_and_written_as_json_null(synth, val_gt, tmp_path):
+    const = {v: np.full_like(g.maps, 0.5) for v, g in val_gt.items()}  # constant: CC, NSS, SIM, AUC-B NaN
+    per_frame, s = evaluate(None, synth, "val", predictions=const, frame_step=4, progress=False)
+    n = len(per_frame)
+    assert s["n_frames"] == n
+    assert s["n_valid"]["cc"] == 0 and s["n_valid"]["nss"] == 0 and math.isnan(s["pooled"]["cc"])
+    assert s["n_valid"]["auc_judd"] == n and s["n_valid"]["kld"] == n
+    assert s["n_valid_videos"]["cc"] == 0 and s["n_valid_videos"]["kld"] == len(val_gt)
+    assert f"0/{n}" in format_table(s) and f"{n}/{n}" in format_table(s)
+    write_results(per_frame, s, tmp_path)
+
+    def refuse(token):
+        raise AssertionError(f"summary.json holds {token}, which is not JSON")
+
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["pooled"]["cc"] is None and summary["per_video"]["nss"] is None
+    assert summary["pooled"]["kld"] == pytest.approx(s["pooled"]["kld"]) and summary["n_valid"]["cc"] == 0
+    per_video = pd.read_csv(tmp_path / "per_video.csv", dtype={"video": str})
+    assert per_video["n_frames"].sum() == n and (per_video["n_valid_cc"] == 0).all()
+    assert (per_video["n_valid_kld"] == per_video["n_frames"]).all()
+    # a partly valid metric: the count is the non-NaN frames
+    df = pd.DataFrame({"video": ["a", "a", "b"], **{k: [1.0, float("nan"), 3.0] for k in M.METRIC_NAMES}})
+    assert summarise(df)["n_valid"]["cc"] == 2 and summarise(df)["n_frames"] == 3
+
+
+def test_sauc_pool_is_recorded_and_a_subset_is_flagged(synth, val_gt):
+    preds = {v: g.maps for v, g in val_gt.items()}
+    n_all = sum(len(g.maps) for g in val_gt.values())
+    _, s = evaluate(None, synth, "val", predictions=preds, progress=False)
+    assert s["sauc_pool"] == {"frames": n_all, "videos": len(val_gt), "split_videos": len(val_gt),
+                              "whole_split": True}
+    assert "not comparable" not in format_table(s)
+    for kwargs in ({"max_videos": 1}, {"frame_step": 2}, {"videos": [sorted(val_gt)[1]]}):
+        per_frame, sub = evaluate(None, synth, "val", predictions=preds, progress=False, **kwargs)
+        assert sub["sauc_pool"]["frames"] == len(per_frame) and not sub["sauc_pool"]["whole_split"], kwargs
+        assert "not comparable with a full-split sAUC" in format_table(sub)
+    v = sorted(val_gt)[0]
+    _, part = evaluate(None, synth, "val", predictions={**preds, v: ([0, 1], preds[v][:2])}, progress=False)
+    assert not part["sauc_pool"]["whole_split"]
+
+
+def test_summary_records_the_manifest_evaluated(synth, val_gt):
+    preds = {v: g.maps for v, g in val_gt.items()}
+    _, s = evaluate(None, synth, "val", predictions=preds, frame_step=8, progress=False)
+    assert s["dataset"] == "synthetic-dhf1k"  # the root's own manifest, not the loader's default name
+    assert s["manifest"] == str((synth / "manifest.yaml").resolve())
+
+
+def _write_prediction_dir(val_gt, folder, half_size=()):
+    from tinyhd.video import write_image
+
+    for v, g in val_gt.items():
+        for t, m in enumerate(g.maps):
+            u8 = (m * 255).round().astype(np.uint8)
+            if v in half_size:
+                u8 = u8[::2, ::2]
+            write_image(folder / v / f"{t + 1:04d}.png", u8)
+
+
+def test_cli_evaluate_scores_a_folder_of_predicted_maps(synth, val_gt, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    first, second = sorted(val_gt)
+    _write_prediction_dir(val_gt, preds, half_size=(second,))  # one video's maps at half size: resized
+    out = tmp_path / "results"
+    argv = ["evaluate", "--predictions", str(preds), "--data", str(synth), "--split", "val",
+            "--videos", f" {first}, {second} ", "--out", str(out), "--no-progress"]
+    assert cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "CC" in text and "not comparable" not in text
+    summary = json.loads((out / "summary.json").read_text())
+    n = sum(len(g.maps) for g in val_gt.values())
+    assert summary["n_frames"] == n and summary["n_valid"]["cc"] == n
+    assert summary["predictions"] == str(preds) and summary["model"] is None
+    per_frame = pd.read_csv(out / "per_frame.csv", dtype={"video": str})
+    assert per_frame[per_frame["video"] == first]["cc"].min() > 0.9999  # same size: the GT up to uint8
+    assert per_frame[per_frame["video"] == second]["cc"].mean() > 0.97  # half size, resized back
+    # the same numbers through the API with the maps in memory
+    g = val_gt[first]
+    assert per_frame[per_frame["video"] == first]["cc"].iloc[3] == pytest.approx(
+        M.cc((g.maps[3] * 255).round().astype(np.uint8), g.maps[3]), abs=1e-12)
+
+
+def test_cli_evaluate_prediction_folder_errors(synth, val_gt, tmp_path, capsys):
+    first, second = sorted(val_gt)
+    n = len(val_gt[first].maps)
+
+    def run(folder, *extra):
+        rc = cli(["evaluate", "--predictions", str(folder), "--data", str(synth), "--no-progress", *extra])
+        return rc, capsys.readouterr().err
+
+    rc, err = run(tmp_path / "nowhere")
+    assert rc == 2 and "nowhere" in err and "does not exist" in err
+    preds = tmp_path / "preds"
+    _write_prediction_dir(val_gt, preds)
+    (preds / first / f"{n // 2:04d}.png").unlink()  # a missing frame
+    rc, err = run(preds)
+    assert rc == 2 and str(preds / first) in err and f"no map numbered {n // 2}" in err
+    _write_prediction_dir(val_gt, preds)
+    (preds / first / f"{n + 1:04d}.png").write_bytes((preds / first / "0001.png").read_bytes())  # an extra one
+    rc, err = run(preds)
+    assert rc == 2 and str(preds / first) in err and "past the last frame" in err
+    (preds / first / f"{n + 1:04d}.png").unlink()
+    (preds / first / "1.png").write_bytes((preds / first / "0001.png").read_bytes())  # frame 1 twice
+    rc, err = run(preds)
+    assert rc == 2 and "both claim frame number 1" in err
+    (preds / first / "1.png").unlink()
+    import shutil
+
+    shutil.rmtree(preds / second)  # a video without predictions
+    rc, err = run(preds)
+    assert rc == 2 and str(preds / second) in err and f"no predictions for video {second}" in err
+    assert run(preds, "--videos", first)[0] == 0  # … fine when that video is not evaluated
+    ckpt = tmp_path / "m.pt"
+    with pytest.raises(SystemExit):  # --checkpoint and --predictions exclude each other
+        cli(["evaluate", "--predictions", str(preds), "--checkpoint", str(ckpt), "--data", str(synth)])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one of them is required
+        cli(["evaluate", "--data", str(synth)])
+    assert "one of the arguments --checkpoint --predictions is required" in capsys.readouterr().err
+    rc, err = run(preds, "--videos", " , ")
+    assert rc == 2 and "--videos: no video id" in err

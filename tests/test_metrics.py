@@ -469,3 +469,54 @@ def test_torch_tensors_are_accepted():
     f = q > 0.8
     assert M.cc(torch.from_numpy(p).float(), torch.from_numpy(q)) == pytest.approx(M.cc(p.astype(np.float32), q))
     assert M.nss(torch.from_numpy(p), torch.from_numpy(f)) == pytest.approx(M.nss(p, f))
+
+
+def test_channel_first_and_singleton_axes_give_the_map_itself():
+    import torch
+
+    rng = np.random.default_rng(11)
+    q = rng.random((20, 30))
+    s = q + 0.3 * rng.random((20, 30))
+    f = rng.random((20, 30)) < 0.05
+    ref = M.compute_all(s, q, f, f, rng=0)
+    layouts = {"1xHxW": s[None], "1x1xHxW": s[None, None], "HxWx1": s[..., None],
+               "torch 1xHxW": torch.from_numpy(s)[None],
+               "torch 1x1xHxW float32": torch.from_numpy(s).float()[None, None]}
+    for name, x in layouts.items():
+        got = M.compute_all(x, q[None], f[..., None], f[None], rng=0)
+        for k in M.METRIC_NAMES:
+            assert got[k] == pytest.approx(ref[k], rel=1e-6, abs=1e-6), (name, k)
+    # an RGB(A) image keeps channel 0 (DHF1K's result(:,:,1)), whatever the other channels hold
+    for c in (3, 4):
+        img = np.concatenate([s[..., None], rng.random((20, 30, c - 1))], axis=2)
+        assert M.cc(img, q) == pytest.approx(M.cc(s, q), abs=1e-12)
+    # half-precision tensors (autocast outputs) are read too
+    assert M.cc(torch.from_numpy(s).to(torch.bfloat16)[None], q) == pytest.approx(M.cc(s, q), abs=1e-2)
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 30), (2, 20, 30), (20, 30, 2), (2, 1, 20, 30), (600,)])
+def test_ambiguous_map_shapes_are_refused(shape):
+    x = np.random.default_rng(0).random(shape)
+    with pytest.raises(ValueError, match=r"pred: expected one 2-D map.*got shape"):
+        M.cc(x, np.ones((20, 30)))
+    with pytest.raises(ValueError, match="other fixation map: expected one 2-D map"):
+        M.other_fixation_map([x > 0.5], (20, 30))
+
+
+def test_negative_fixation_values_are_refused():
+    # the sheet: AUCs test F > 0, NSS logical(F) (F != 0); they only differ on negative values, which no
+    # fixation (binary or count) map has, so those are refused instead of scored two ways
+    rng = np.random.default_rng(3)
+    s, q = rng.random((10, 12)), rng.random((10, 12))
+    f = np.zeros((10, 12))
+    f[2, 3], f[5, 5] = 1.0, -1.0
+    for fn in (M.nss, M.auc_judd, M.auc_borji):
+        with pytest.raises(ValueError, match="fixations: has negative values"):
+            fn(s, f)
+    with pytest.raises(ValueError, match="fixations: has negative values"):
+        M.compute_all(s, q, f)
+    with pytest.raises(ValueError, match="other_fixations: has negative values"):
+        M.auc_shuffled(s, np.abs(f), f)
+    # binary and count maps: the same fixated pixels
+    counts = np.abs(f) * 3
+    assert M.nss(s, counts) == pytest.approx(M.nss(s, np.abs(f) > 0))

@@ -12,7 +12,12 @@ Conventions shared by all metrics (the benchmark's, unless said otherwise):
   and, if its size differs from the ground truth's, resized to the ground truth's size with MATLAB's
   ``imresize`` (bicubic, Keys a = −0.5, antialiased when shrinking, mirror boundary), implemented here in
   :func:`imresize`. Inputs are never modified.
-* Fixations: a pixel is fixated when ``fixations > 0`` (binary map; a count map works the same).
+* Fixations: a binary or count map, so values ≥ 0; a pixel is fixated when its value is positive. The MATLAB
+  files test ``F > 0`` (AUC-J, AUC-B, sAUC) but ``logical(F)``, i.e. ``F ≠ 0``, in NSS: the two agree on every
+  map without negative values, so a fixation map with a negative value is refused (ValueError) instead of
+  letting the metrics disagree on which pixels are fixated.
+* A map is one 2-D array: H×W, or with singleton axes around it (1×H×W and 1×1×H×W as models output them,
+  H×W×1); an H×W×3/H×W×4 image keeps channel 0 (DHF1K's ``result(:,:,1)``). Other shapes are refused.
 * ``eps`` is MATLAB's ``eps`` = 2.220446049250313e-16.
 * Degenerate inputs return NaN where MATLAB does: no fixation (all fixation-based metrics), a constant
   prediction (AUC-B, sAUC, CC, NSS; SIM for a constant non-zero map), at most one fixated pixel (AUC-B, the
@@ -52,21 +57,37 @@ def _rng(rng: Any) -> np.random.Generator:
     raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, got {type(rng).__name__}")
 
 
+def _squeeze_map(a: np.ndarray, what: str) -> np.ndarray:
+    """Reduce an array to one 2-D map: singleton axes before or after H×W are dropped (1×H×W, 1×1×H×W from a
+    model, H×W×1), and an H×W×3 / H×W×4 image keeps channel 0 (DHF1K's ``result(:,:,1)``); any other shape
+    is refused rather than guessed (a channel-first 3×H×W would otherwise be read as an H×W×C image)."""
+    shape = a.shape
+    while a.ndim > 2 and a.shape[0] == 1:  # leading batch/channel axes
+        a = a[0]
+    while a.ndim > 2 and a.shape[-1] == 1:  # trailing channel axis
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] in (3, 4):  # an RGB(A) image: channel 0, as DHF1K
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise ValueError(f"{what}: expected one 2-D map (H×W; also 1×H×W, H×W×1 or an H×W×3/4 image, whose "
+                         f"channel 0 is used), got shape {shape}")
+    return a
+
+
 def _as_map(x: Any, what: str) -> np.ndarray:
-    """A 2-D float64 copy of a map (H×W, or H×W×C images: channel 0, as DHF1K's ``result(:,:,1)``).
+    """A 2-D float64 copy of a map (H×W; 1×H×W, 1×1×H×W, H×W×1; H×W×3/4 images: channel 0, as DHF1K's
+    ``result(:,:,1)``; see :func:`_squeeze_map`).
 
     NumPy arrays, nested lists and torch tensors (any device) are accepted.
     """
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor (any device)
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        x = (x.double() if x.is_floating_point() else x).numpy()  # float64 also covers bfloat16/half
     try:
         a = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic objects
         raise ValueError(f"{what}: cannot be converted to an array ({exc})") from None
-    if a.ndim == 3:
-        a = a[..., 0]
-    if a.ndim != 2:
-        raise ValueError(f"{what}: expected a 2-D map (H×W), got shape {a.shape}")
+    a = _squeeze_map(a, what)
     if a.size == 0:
         raise ValueError(f"{what}: empty map (shape {a.shape})")
     if a.dtype == bool:
@@ -356,8 +377,17 @@ def _kld(s: np.ndarray, q: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # public API: one frame, numpy in, float out
 # ----------------------------------------------------------------------------------------------------------
+def _fixation_mask(fixations: Any, what: str) -> np.ndarray:
+    """Fixated pixels (bool H×W) of a binary or count map; negative values are refused, see the module notes."""
+    f = _as_map(fixations, what)
+    if f.min() < 0:
+        raise ValueError(f"{what}: has negative values (min {f.min():g}); a fixation map is binary or a count "
+                         "map (>= 0), and the benchmark's F > 0 (AUC) and logical(F) (NSS) differ on negatives")
+    return f > 0
+
+
 def _fixations(fixations: Any) -> np.ndarray:
-    return _as_map(fixations, "fixations") > 0
+    return _fixation_mask(fixations, "fixations")
 
 
 def auc_judd(pred: Any, fixations: Any, rng: Any = None, jitter: bool = True) -> float:
@@ -445,7 +475,7 @@ def kld(pred: Any, density: Any) -> float:
 
 
 def _fixations_like(other: Any, shape: tuple[int, int], what: str) -> np.ndarray:
-    o = _as_map(other, what) > 0
+    o = _fixation_mask(other, what)
     if o.shape != tuple(shape):
         raise ValueError(f"{what} has shape {o.shape} but the fixation map has shape {tuple(shape)}; "
                          "build it at the GT size with tinyhd.metrics.other_fixation_map")
@@ -462,12 +492,8 @@ def other_fixation_map(fixation_maps: Iterable[Any], shape: tuple[int, int]) -> 
     h, w = int(shape[0]), int(shape[1])
     out = np.zeros((h, w), dtype=bool)
     for m in fixation_maps:
-        f = np.asarray(m)
-        if f.ndim == 3:
-            f = f[..., 0]
-        if f.ndim != 2:
-            raise ValueError(f"other fixation map: expected 2-D, got shape {f.shape}")
-        rows, cols = np.nonzero(f > 0)
+        f = _fixation_mask(m, "other fixation map")
+        rows, cols = np.nonzero(f)
         if f.shape != (h, w):
             rows = np.clip(np.round((rows + 0.5) * h / f.shape[0] - 0.5), 0, h - 1).astype(np.int64)
             cols = np.clip(np.round((cols + 0.5) * w / f.shape[1] - 0.5), 0, w - 1).astype(np.int64)
