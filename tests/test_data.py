@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tinyhd.data import (MixedClipDataset, SaliencyClipDataset, UnlabeledClipDataset, clip_frame_indices,
-                         list_videos, resize_fixations)
+                         fixation_cells, list_videos, resize_fixations)
 from tinyhd.errors import DataError, UserError
 from tinyhd.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from tinyhd.synth import generate_video, write_dhf1k, write_kinetics
@@ -20,7 +20,8 @@ SIZE = (48, 64)
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """Frames 58×82 (resized to 48×64); video 002 is short (10 frames < 16); video 003 is grayscale."""
+    """Frames 58×82 (resized to 48×64); video 002 is short (10 frames < 16); video 003 is grayscale and, like
+    DHF1K's test videos, has no annotations."""
     root = tmp_path_factory.mktemp("data") / "dhf1k"
     write_dhf1k(root, videos=3, frames=[20, 10, 18], size=(58, 82), seed=5, progress=False, gray=[3])
     return root
@@ -158,7 +159,7 @@ def test_fixations_survive_downsizing():
     fix[1, 96, 130] = True
     out = resize_fixations(fix, (24, 32))
     assert out.shape == (2, 24, 32) and set(out.unique().tolist()) == {0.0, 1.0}
-    cells = {((y * 24) // 97, (x * 32) // 131) for y, x in pts}
+    cells = set(zip(*(c.tolist() for c in fixation_cells(pts[:, 0], pts[:, 1], (97, 131), (24, 32)))))
     assert int(out[0].sum()) == len(cells)  # no fixation vanishes (coincident ones merge)
     assert out[1, 23, 31] == 1 and int(out[1].sum()) == 1
     up = resize_fixations(fix, (194, 262))
@@ -245,24 +246,17 @@ def test_bad_input_names_the_problem(tree, tmp_path):
         _ds(tree, split="train", videos=["042"])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="no manifest.yaml"):
-        SaliencyClipDataset(empty, dataset=None)
-    with pytest.raises(DataError, match="video/001.AVI: missing video"):
-        SaliencyClipDataset(empty, dataset="dhf1k", split="train")
+    for dataset in (None, "dhf1k"):  # no dataset named and no manifest.yaml: DHF1K's layout
+        with pytest.raises(DataError, match="video/001.AVI: missing video"):
+            SaliencyClipDataset(empty, dataset=dataset, split="train")
 
 
-def test_unannotated_split_gives_zero_targets(tree, tmp_path):
-    """Like DHF1K's test split (701-1000): videos without annotations load with has_sal False."""
-    import shutil
-
-    import yaml
-
-    root = tmp_path / "noann"
-    shutil.copytree(tree, root)
-    raw = yaml.safe_load((root / "manifest.yaml").read_text())
-    raw["splits"]["test"]["annotated"] = False
-    (root / "manifest.yaml").write_text(yaml.safe_dump(raw))
-    ds = _ds(root, split="test", output="multi")
+def test_unannotated_split_gives_zero_targets(tree):
+    """Like DHF1K's test split (701-1000), the synthetic test split has no annotation folders: its videos load
+    with has_sal False."""
+    assert not (tree / "annotation/0003").exists() and (tree / "annotation/0002/maps").is_dir()
+    ds = _ds(tree, split="test", output="multi")
+    assert not ds.annotated
     item = ds[0]
     assert not bool(item["has_sal"]) and item["saliency"].shape == (16, *SIZE) and not item["saliency"].any()
     assert int(item["frame_index"][-1]) <= 17  # 18 frames, counted from the video header
@@ -286,8 +280,12 @@ if given is not None:
         out = resize_fixations(fix, (oh, ow))
         ys, xs = np.nonzero(fix[0])
         assert out.shape == (1, oh, ow)
-        assert all(out[0, (y * oh) // h, (x * ow) // w] == 1 for y, x in zip(ys, xs))
-        assert int(out.sum()) == len({((y * oh) // h, (x * ow) // w) for y, x in zip(ys, xs)})
+        # the output pixel whose centre is nearest the source pixel's centre (ties: round half to even)
+        cy = [int(np.round((y + 0.5) * oh / h - 0.5)) for y in ys]
+        cx = [int(np.round((x + 0.5) * ow / w - 0.5)) for x in xs]
+        cy, cx = [min(max(c, 0), oh - 1) for c in cy], [min(max(c, 0), ow - 1) for c in cx]
+        assert all(out[0, y, x] == 1 for y, x in zip(cy, cx))
+        assert int(out.sum()) == len(set(zip(cy, cx)))
 
 
 def test_video_shorter_than_its_maps_warns_and_clamps(tree, tmp_path):
@@ -302,3 +300,100 @@ def test_video_shorter_than_its_maps_warns_and_clamps(tree, tmp_path):
     with pytest.warns(UserWarning, match=r"001\.AVI: 20 frames decode but .*0001/maps has 21 maps"):
         last = ds[5]
     assert int(last["frame_index"][-1]) == 19
+
+
+def test_fixations_move_to_the_pixel_nearest_their_centre_as_the_evaluator_does():
+    """4 rows -> 3: source row 1 (centre 1.5 -> 1.125 in the output) belongs to output row 1, not row 0 as
+    flooring the top-left corner (1·3 // 4) would give; the rule is tinyhd.metrics' (used by evaluate)."""
+    from tinyhd.metrics import other_fixation_map
+
+    fix = np.zeros((1, 4, 4), bool)
+    fix[0, 1, 1] = True
+    out = resize_fixations(fix, (3, 3))
+    assert out[0, 1, 1] == 1 and int(out.sum()) == 1
+    rng = np.random.default_rng(3)
+    for (h, w), size in (((97, 131), (24, 32)), ((36, 64), (48, 80)), ((45, 60), (30, 40))):
+        f = rng.random((2, h, w)) < 0.03
+        out = resize_fixations(f, size)
+        for t in range(2):
+            assert np.array_equal(out[t].numpy() > 0, other_fixation_map([f[t]], size)), (h, w, size)
+
+
+def _copy(tree: Path, tmp_path: Path, name: str) -> Path:
+    import shutil
+
+    root = tmp_path / name
+    shutil.copytree(tree, root)
+    return root
+
+
+def test_a_map_or_fixation_of_another_size_is_named(tree, tmp_path):
+    """Every map/fixation must have its video's frame size: the loaders name the file (no bare np.stack error)."""
+    root = _copy(tree, tmp_path, "sizes")
+    cv2.imwrite(str(root / "annotation/0001/maps/0018.png"), np.zeros((50, 60), np.uint8))
+    ds = _ds(root, split="train", output="multi", sampling="all", flip=False)
+    with pytest.raises(DataError, match=r"0001/maps/0018\.png: map is 50×60 but the frames of .*001\.AVI are 58×82"):
+        ds.ground_truth("001")
+    assert int(ds[0]["frame_index"][-1]) == 15  # clips without frame 18 (index 17) still load
+    with pytest.raises(DataError, match=r"0001/maps/0018\.png: map is 50×60"):
+        ds[2]
+    cv2.imwrite(str(root / "annotation/0002/fixation/0003.png"), np.zeros((58, 80), np.uint8))
+    val = _ds(root, split="val", output="multi", sampling="uniform", flip=False)
+    with pytest.raises(DataError, match=r"0002/fixation/0003\.png: fixation map is 58×80"):
+        val.ground_truth("002")
+    with pytest.raises(DataError, match=r"0002/fixation/0003\.png"):
+        val[0]
+
+
+@pytest.mark.parametrize("cache_videos", [4, 0])
+def test_every_clip_of_a_video_shorter_than_its_maps_loads(tree, tmp_path, cache_videos):
+    """After the first clip falls back to the frames that decode, later clips of that video (placed with the
+    map count, as uniform/all sampling do) end there too instead of failing with a false message."""
+    import shutil
+    import warnings
+
+    root = _copy(tree, tmp_path, "extra3")
+    for sub in ("maps", "fixation"):  # 23 maps for a 20-frame video
+        for k in (21, 22, 23):
+            shutil.copy(root / f"annotation/0001/{sub}/0020.png", root / f"annotation/0001/{sub}/{k:04d}.png")
+    ds = _ds(root, split="train", sampling="all", flip=False, cache_videos=cache_videos)
+    assert len(ds) == 8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ends = [int(ds[i]["frame_index"][-1]) for i in range(len(ds))]
+    assert ends == [15, 16, 17, 18, 19, 19, 19, 19]
+    messages = [str(w.message) for w in caught if "frames decode" in str(w.message)]
+    assert len(messages) == 1 and "20 frames decode" in messages[0] and "has 23 maps" in messages[0]
+    uni = _ds(root, split="train", sampling="uniform", clips_per_video=4, output="multi", flip=False,
+              cache_videos=cache_videos)
+    with pytest.warns(UserWarning, match="using the first 20"):
+        items = [uni[i] for i in range(len(uni))]
+    assert all(int(it["frame_index"].max()) <= 19 for it in items) and len(items) == 4
+
+
+def test_a_named_dataset_must_match_the_folders_own_manifest(tree, kinetics):
+    """ROOT/manifest.yaml describes ROOT: naming another dataset is refused (not silently overridden); naming
+    the same dataset, or none, uses it."""
+    with pytest.raises(UserError, match=r"manifest\.yaml: .*own manifest, for 'synthetic-dhf1k', .*'kinetics'"):
+        SaliencyClipDataset(tree, dataset="kinetics")
+    with pytest.raises(UserError, match=r"own manifest, for 'synthetic-dhf1k', .*'ucf'"):
+        list_videos(tree, "train", dataset="ucf")
+    with pytest.raises(UserError, match=r"own manifest, for 'synthetic-kinetics400', .*'dhf1k'"):
+        UnlabeledClipDataset(kinetics, dataset="dhf1k")
+    for dataset in (None, "dhf1k", "DHF1K"):
+        assert _ds(tree, split="train", dataset=dataset).manifest.name == "synthetic-dhf1k"
+    assert list_videos(tree, "val") == list_videos(tree, "val", dataset="dhf1k") == ["002"]
+    assert UnlabeledClipDataset(kinetics, dataset="kinetics").manifest.name == "synthetic-kinetics400"
+
+
+def test_a_gap_in_the_frame_numbering_is_refused(tree, tmp_path):
+    """maps/ and fixation/ missing 0005.png but holding an extra 0021.png: same count, same names in both, yet
+    every map from frame 5 on would pair with the wrong frame. The manifest's frame_names catches it."""
+    root = _copy(tree, tmp_path, "gap")
+    for sub in ("maps", "fixation"):
+        folder = root / "annotation/0001" / sub
+        (folder / "0005.png").rename(folder / "0021.png")
+    with pytest.raises(DataError, match=r"0001/maps: 20 files not named 0001\.png…0020\.png without gaps .*"
+                                        r"missing 0005\.png; unexpected 0021\.png"):
+        _ds(root, split="train")
+    _ds(root, split="val")  # other videos are fine

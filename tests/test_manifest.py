@@ -45,7 +45,12 @@ def test_shipped_manifests_state_the_papers_splits():
     ucf = load_manifest("ucf")
     assert (ucf.splits["train"].count, ucf.splits["test"].count) == (103, 47)
     holly = load_manifest("hollywood2")
-    assert 823 in holly.splits["train"].count and 884 in holly.splits["test"].count
+    # TinyHD 823/884 videos, HD2S paper 3,100/3,559 clips, HD2S repository 1,714 + 190 training clips: uncertain
+    assert sorted(holly.splits["train"].count) == [823, 1904, 3100]
+    assert sorted(holly.splits["test"].count) == [884, 3559]
+    assert holly.splits["train"].count_uncertain and holly.splits["test"].count_uncertain
+    assert not ucf.splits["train"].count_uncertain
+    assert dhf.frame_names == "{frame:04d}.png" and ucf.frame_names is None
     kin = load_manifest("kinetics")
     assert kin.kind == "unlabeled" and kin.splits["train"].classes == 400 and kin.splits["train"].dir == "train_256"
 
@@ -90,7 +95,7 @@ def test_verify_lists_every_problem(broken_copy, capsys):
     (root / "video/002.AVI").write_bytes(data[: len(data) // 3])          # truncated video
     (root / "annotation/0003").rename(root / "annotation/0003_renamed")   # renamed folder
     (root / "video/099.AVI").write_bytes(b"")                              # extra item
-    (root / "annotation/0004/fixation/0002.png").write_bytes(b"garbage")  # unreadable PNG
+    (root / "annotation/0002/fixation/0002.png").write_bytes(b"garbage")  # unreadable PNG
     code, lines, _ = _run("verify-data", str(root / "manifest.yaml"), str(root), capsys=capsys)
     text = "\n".join(lines)
     assert code == 1
@@ -102,7 +107,8 @@ def test_verify_lists_every_problem(broken_copy, capsys):
     assert f"{root}/annotation/0003/maps: missing map folder" in text
     assert f"{root}/annotation/0003_renamed: unexpected item" in text
     assert f"{root}/video/099.AVI: unexpected item" in text
-    assert f"{root}/annotation/0004/fixation/0002.png: unreadable fixation image" in text
+    assert f"{root}/annotation/0002/fixation/0002.png: unreadable fixation image" in text
+    assert f"{root}/annotation/0001/maps: map 11 files not named 0001.png…0011.png without gaps" in text
     # the problems are the lines before the summary, one per line, each "path: problem"
     assert all(": " in line and line.startswith(str(root)) for line in lines[:-1])
 
@@ -134,6 +140,115 @@ def test_folder_layout_counts(tmp_path):
                 (tmp_path / split / f"Run-{i}" / sub).mkdir(parents=True)
     report = verify(load_manifest("ucf"), tmp_path, deep=False)
     text = "\n".join(map(str, report.problems))
-    assert "split 'train' has 2 videos, the manifest expects 103" in text
-    assert "split 'test' has 1 videos, the manifest expects 47" in text
+    assert "split 'train' has 2 videos, the manifest expects 103 (found: Run-0, Run-1)" in text
+    assert "split 'test' has 1 videos, the manifest expects 47 (found: Run-0)" in text
     assert f"{tmp_path}/training/Run-0/images: frame folder has no images" in text
+
+
+def test_good_tree_test_split_is_unannotated_like_dhf1ks(good_tree):
+    m = load_manifest(good_tree)
+    assert not m.splits["test"].annotated and m.videos(good_tree, "test")[0].maps is None
+    assert not (good_tree / "annotation/0004").exists()
+
+
+def test_verify_checks_the_size_of_every_map_and_fixation(broken_copy, capsys):
+    """Not only the first map: any map or fixation of another size than the video's frames is named."""
+    import cv2
+    import numpy as np
+
+    root = broken_copy
+    cv2.imwrite(str(root / "annotation/0001/maps/0007.png"), np.zeros((30, 36), np.uint8))
+    cv2.imwrite(str(root / "annotation/0002/fixation/0004.png"), np.zeros((32, 48), np.uint8))
+    cv2.imwrite(str(root / "annotation/0002/fixation/0005.png"), np.zeros((32, 48), np.uint8))
+    code, lines, _ = _run("verify-data", str(root), capsys=capsys)
+    assert code == 1 and lines[-1].startswith("FAILED:") and "2 problem(s)" in lines[-1]
+    assert f"{root}/annotation/0001/maps/0007.png: map is 30×36 but the video frames are 32×40" in lines
+    assert any(line.startswith(f"{root}/annotation/0002/fixation/0004.png: fixation is 32×48 but the video frames "
+                               f"are 32×40 (2 of the 9 fixation images") for line in lines)
+    quick = verify(load_manifest(root), root, deep=False)  # --quick: the first image of each folder only
+    assert quick.ok
+    cv2.imwrite(str(root / "annotation/0003/maps/0001.png"), np.zeros((30, 36), np.uint8))
+    assert [str(p) for p in verify(load_manifest(root), root, deep=False).problems] == [
+        f"{root}/annotation/0003/maps/0001.png: map is 30×36 but the video frames are 32×40"]
+
+
+def test_verify_finds_a_gap_in_the_frame_numbering(broken_copy):
+    """0005.png missing and 0013.png extra in maps/ and fixation/: the names agree and the count is right, but
+    every later map would pair with the wrong frame."""
+    root = broken_copy
+    for sub in ("maps", "fixation"):
+        folder = root / "annotation/0001" / sub
+        (folder / "0005.png").rename(folder / "0013.png")
+    text = [str(p) for p in verify(load_manifest(root), root).problems]
+    want = ("{} 12 files not named 0001.png…0012.png without gaps (frame_names '{{frame:04d}}.png'): "
+            "missing 0005.png; unexpected 0013.png")
+    assert text == [f"{root}/annotation/0001/maps: " + want.format("map"),
+                    f"{root}/annotation/0001/fixation: " + want.format("fixation")]
+
+
+def test_verify_uses_the_folders_own_manifest_like_the_loaders(good_tree, capsys):
+    """A shipped manifest named for a ROOT with its own manifest.yaml: the same dataset -> ROOT's manifest, said
+    on the first line; another dataset -> one line naming both, not a line per 'missing' video."""
+    code, lines, _ = _run("verify-data", "dhf1k", str(good_tree), capsys=capsys)
+    assert code == 0 and lines[-1].startswith("OK: synthetic-dhf1k") and len(lines) == 2
+    assert lines[0].startswith(f"{good_tree}/manifest.yaml: checking the folder's own manifest ('synthetic-dhf1k')")
+    code, lines, _ = _run("verify-data", "kinetics", str(good_tree), capsys=capsys)
+    assert code == 1 and len(lines) == 2 and lines[-1].startswith("FAILED:")
+    assert lines[0].startswith(f"{good_tree}/manifest.yaml: the dataset folder has its own manifest, for "
+                               "'synthetic-dhf1k', not 'kinetics400'")
+    code, lines, _ = _run("verify-data", str(good_tree / "manifest.yaml"), str(good_tree), capsys=capsys)
+    assert code == 0 and len(lines) == 1  # its own manifest named: no note
+
+
+def test_verify_names_missing_and_extra_videos_of_a_folder_layout(tmp_path, capsys):
+    """The synthetic UCF-Sports set lists its ids, so a deleted and an added video are each named."""
+    from tinyhd.synth import write_folder_layout
+
+    root = write_folder_layout(tmp_path / "ucf", "ucf", videos=5, frames=4, size=(16, 24), progress=False)
+    m = load_manifest(root)
+    assert m.splits["train"].videos == ["Diving-Side-001", "Golf-Swing-Front-002", "Kicking-Front-003"]
+    assert m.frame_names == "{frame:04d}.png" and verify(m, root).ok
+    shutil.rmtree(root / "training/Golf-Swing-Front-002")
+    shutil.copytree(root / "testing/Lifting-004", root / "testing/Extra-099")
+    code, lines, _ = _run("verify-data", str(root), capsys=capsys)
+    assert code == 1
+    assert f"{root}/training/Golf-Swing-Front-002: missing video (split 'train' of the manifest lists it)" in lines
+    assert f"{root}/testing/Extra-099: unexpected video 'Extra-099' (split 'test' of the manifest does not list it)" \
+        in lines
+    for split in ("training", "testing"):  # no split folders at all: the summary still reads well
+        shutil.rmtree(root / split)
+    code, lines, _ = _run("verify-data", str(root), capsys=capsys)
+    assert code == 1 and lines[-1].endswith("2 problem(s); no videos checked")
+    assert f"{root}/training: split folder for 'train' does not exist" in lines
+
+
+def test_an_uncertain_count_is_a_warning_naming_the_alternatives(tmp_path, capsys):
+    """Hollywood2's counts differ between the sources: a copy with another count passes with a warning."""
+    from tinyhd.synth import write_folder_layout
+
+    root = write_folder_layout(tmp_path / "h2", "hollywood2", videos=3, frames=4, size=(16, 24), progress=False)
+    (root / "manifest.yaml").rename(root / "synthetic.yaml")  # check it as the real Hollywood2
+    report = verify(load_manifest("hollywood2"), root)
+    assert report.ok and [p.message.split(" (found")[0] for p in report.warnings] == [
+        "split 'train' has 2 videos, the manifest expects 823 or 1904 or 3100",
+        "split 'test' has 1 videos, the manifest expects 884 or 3559"]
+    assert "actioncliptrain00001, actioncliptrain00002" in report.warnings[0].message
+    code, lines, _ = _run("verify-data", "hollywood2", str(root), capsys=capsys)
+    assert code == 0 and lines[0].startswith(f"{root}/training: warning: split 'train' has 2 videos")
+    assert lines[-1].endswith("no problems, 2 warning(s)")
+    report = verify(load_manifest("ucf"), root)  # UCF-Sports' counts are certain: a failure
+    assert not report.ok and not report.warnings
+
+
+def test_manifest_id_lists_and_frame_names_are_validated(tmp_path):
+    raw = yaml.safe_load((Path(load_manifest("ucf").path)).read_text())
+    raw["splits"]["test"]["videos"] = ["a", "b"]
+    with pytest.raises(UserError, match="'videos' lists 2 ids but count is 47"):
+        parse_manifest(raw, Path("ucf.yaml"))
+    raw["splits"]["test"]["videos"] = "a"
+    with pytest.raises(UserError, match="'videos' must be a list of video ids"):
+        parse_manifest(raw, Path("ucf.yaml"))
+    del raw["splits"]["test"]["videos"]
+    raw["frame_names"] = "frame.png"
+    with pytest.raises(UserError, match="'frame_names' must be a template using {frame}"):
+        parse_manifest(raw, Path("ucf.yaml"))

@@ -69,7 +69,8 @@ def test_default_splits_follow_dhf1k_proportions():
 def test_ensure_synthetic_caches_by_parameters(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYHD_CACHE", str(tmp_path))
     root = ensure_synthetic("dhf1k", videos=3, frames=6, size=(32, 40), seed=2, progress=False)
-    assert root == tmp_path / "synth" / f"dhf1k_v3_f6_32x40_s2_g{synth.GENERATOR_VERSION}"
+    assert root == tmp_path / "synth" / f"dhf1k_v3_f6_32x40_s2_g{synth.GENERATOR_VERSION}_l{synth.LAYOUT_VERSION}"
+    assert synth.LAYOUT_VERSION >= 2  # layout 2: unannotated test split; caches of layout 1 are not reused
     stamp = (root / "manifest.yaml").stat().st_mtime_ns
     assert ensure_synthetic("dhf1k", videos=3, frames=6, size=(32, 40), seed=2) == root
     assert (root / "manifest.yaml").stat().st_mtime_ns == stamp  # not rebuilt
@@ -133,3 +134,33 @@ def test_baseline_scores_with_the_benchmark_metrics():
     assert scores["density"]["CC"] > scores["centre bias"]["CC"] + 0.3
     assert scores["density"]["NSS"] > scores["centre bias"]["NSS"] + 1.0
     assert centre_bias((48, 64)).argmax() in {23 * 64 + 31, 23 * 64 + 32, 24 * 64 + 31, 24 * 64 + 32}
+
+
+def test_dhf1k_layout_test_split_is_unannotated_like_dhf1k(tmp_path):
+    """DHF1K withholds its test annotations; the synthetic set does too, so those code paths run in tests."""
+    import yaml
+
+    from tinyhd.data import SaliencyClipDataset
+
+    root = synth.write_dhf1k(tmp_path / "d", videos=6, frames=5, size=(16, 24), progress=False)
+    raw = yaml.safe_load((root / "manifest.yaml").read_text())
+    assert {k: v["annotated"] for k, v in raw["splits"].items()} == {"train": True, "val": True, "test": False}
+    assert sorted(p.name for p in (root / "annotation").iterdir()) == ["0001", "0002", "0003", "0004", "0005"]
+    assert (root / "video/006.AVI").is_file()
+    assert verify(load_manifest(root), root).ok
+    item = SaliencyClipDataset(root, split="test", size=(16, 24))[0]
+    assert not bool(item["has_sal"]) and not item["saliency"].any()
+    # the frames are those of the annotated version (the labels are still drawn, only not written)
+    frames = SaliencyClipDataset(root, split="test", size=None).frames("006")
+    assert np.abs(frames.astype(int) - generate_video(0, 6, 5, (16, 24)).frames.astype(int)).mean() < 8
+
+
+def test_folder_layouts_and_kinetics_list_their_video_ids(tmp_path):
+    ucf = synth.write_folder_layout(tmp_path / "u", "ucf", videos=4, frames=3, size=(16, 24), progress=False)
+    m = load_manifest(ucf)
+    assert m.splits["train"].videos == [p.name for p in sorted((ucf / "training").iterdir())]
+    assert m.splits["test"].videos == ["Lifting-004"] and m.splits["test"].annotated
+    kin = synth.write_kinetics(tmp_path / "k", videos=3, frames=3, size=(16, 24), progress=False)
+    ids = load_manifest(kin).splits["train"].videos
+    assert sorted(ids) == sorted(f"{p.parent.name}/{p.stem}" for p in (kin / "train_256").rglob("*.avi"))
+    assert verify(load_manifest(kin), kin).ok and verify(m, ucf).ok

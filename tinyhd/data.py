@@ -16,12 +16,19 @@ Choices of ours, documented here because the sources are silent:
 * **Short videos** (< ``clip_len`` frames; UCF-Sports has many) are padded *at the start* by repeating the
   first frame, as the authors' inference does for the first 15 frames of a video. A padded position's
   target is the target of the frame it repeats, and its ``frame_index`` is 0.
-* **Fixations** are resized by moving every fixated pixel to the output pixel that contains it, so a
-  fixation never vanishes when the map shrinks (two may merge into one pixel). GT maps are resized like
-  the frames (bilinear, ``antialias=False``) and clamped to [0, 1].
+* **Fixations** are resized by moving every fixated pixel to the output pixel nearest its centre (pixel-centre
+  mapping, the rule of ``tinyhd.metrics.other_fixation_map`` and of ``tinyhd evaluate``), so a fixation never
+  vanishes when the map shrinks (two may merge into one pixel). GT maps are resized like the frames
+  (bilinear, ``antialias=False``) and clamped to [0, 1].
+* **Annotations are checked** as they are read: every map and fixation PNG must have its video's frame size,
+  and, when the manifest gives ``frame_names`` (DHF1K: ``0001.png`` …), the files must be numbered 1..N
+  without gaps, since frames and maps are paired by position. A bad file is a DataError naming it.
 * **Grayscale** videos are replicated to three channels; odd frame sizes (e.g. 97×131) are simply resized.
 * A video that decodes to fewer frames than it has maps is used up to its last frame, with a warning
-  naming the file (``tinyhd verify-data`` lists such videos).
+  naming the file (``tinyhd verify-data`` lists such videos); later clips of it end at that frame too.
+* **Which manifest.** A ``ROOT/manifest.yaml`` (synthetic sets) describes ROOT. With no ``dataset`` named the
+  loaders use it (else DHF1K's / Kinetics-400's); a named ``dataset`` must be the same dataset as ROOT's own
+  manifest (``dhf1k`` for a ``synthetic-dhf1k`` folder), otherwise the loaders refuse rather than guess.
 * Whole decoded videos are kept in a small per-worker LRU cache when they are small (the synthetic sets);
   large ones are decoded from the start up to the clip's last frame on each access (frame-exact).
 """
@@ -38,7 +45,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tinyhd.errors import DataError, UserError
-from tinyhd.manifest import Manifest, VideoEntry, manifest_for_root
+from tinyhd.manifest import Manifest, VideoEntry, frame_name_problem, manifest_for_root
 from tinyhd.preprocess import INPUT_SIZE, preprocess
 from tinyhd.video import list_images, read_image, read_video, video_info
 
@@ -70,8 +77,24 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return resize(maps, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False).clamp_(0, 1)
 
 
+def fixation_cells(rows: np.ndarray, cols: np.ndarray, src: Sequence[int],
+                   size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Output pixel (row, col) of each source pixel when an H×W fixation map is resized to ``size``.
+
+    Pixel-centre mapping: the centre ``(r + 0.5)`` of source pixel ``r`` lands at ``(r + 0.5)·h/H`` in the
+    output, and the fixation goes to the output pixel nearest that point (half-way ties round to even,
+    like ``np.round``). This is ``tinyhd.metrics.other_fixation_map``'s rule, so the training targets and the
+    evaluated fixations agree.
+    """
+    (h, w), (oh, ow) = (int(src[0]), int(src[1])), (int(size[0]), int(size[1]))
+    yo = np.clip(np.round((rows + 0.5) * oh / h - 0.5), 0, oh - 1).astype(np.int64)
+    xo = np.clip(np.round((cols + 0.5) * ow / w - 0.5), 0, ow - 1).astype(np.int64)
+    return yo, xo
+
+
 def resize_fixations(fix: np.ndarray, size: Sequence[int]) -> torch.Tensor:
-    """T×H×W bool fixations -> T×h×w float {0, 1}: each fixated pixel lands in the output pixel containing it."""
+    """T×H×W bool fixations -> T×h×w float {0, 1}: each fixated pixel lands in the output pixel nearest its
+    centre (:func:`fixation_cells`), so none vanishes when the map shrinks."""
     t, h, w = fix.shape
     oh, ow = int(size[0]), int(size[1])
     out = torch.zeros((t, oh, ow), dtype=torch.float32)
@@ -79,8 +102,7 @@ def resize_fixations(fix: np.ndarray, size: Sequence[int]) -> torch.Tensor:
         out[torch.from_numpy(fix)] = 1.0
         return out
     ti, yi, xi = np.nonzero(fix)
-    yo = np.minimum((yi * oh) // h, oh - 1)
-    xo = np.minimum((xi * ow) // w, ow - 1)
+    yo, xo = fixation_cells(yi, xi, (h, w), (oh, ow))
     out[torch.from_numpy(ti), torch.from_numpy(yo), torch.from_numpy(xo)] = 1.0
     return out
 
@@ -204,13 +226,14 @@ class _ClipDatasetBase(Dataset):
 class SaliencyClipDataset(_ClipDatasetBase):
     """Clips with GT maps and fixations from a labeled dataset in the DHF1K, UCF-Sports or Hollywood2 layout.
 
-    ``dataset`` names the manifest (``dhf1k``, ``ucf``, ``hollywood2``); a ``ROOT/manifest.yaml`` (synthetic
-    sets) takes precedence. ``variant`` picks a layout variant (e.g. ``"frames"``), detected when None.
+    ``dataset`` names the manifest (``dhf1k``, ``ucf``, ``hollywood2``); None: ``ROOT/manifest.yaml`` when ROOT
+    has one (synthetic sets), else DHF1K's. A named dataset must match ROOT's own manifest if it has one
+    (a UserError otherwise). ``variant`` picks a layout variant (e.g. ``"frames"``), detected when None.
     ``sampling``: ``"random"`` one random clip per video per epoch, ``"uniform"`` ``clips_per_video``
     evenly spaced clips, ``"all"`` every clip (step 1). ``videos``/``max_videos`` select a subset.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", dataset: str = "dhf1k", clip_len: int = 16,
+    def __init__(self, root: str | os.PathLike, split: str = "train", dataset: str | None = None, clip_len: int = 16,
                  size: Sequence[int] | None = INPUT_SIZE, output: str = "single", sampling: str = "random",
                  flip: bool = True, seed: int = 0, clips_per_video: int = 5, variant: str | None = None,
                  videos: Sequence[str] | None = None, max_videos: int | None = None, cache_videos: int = 4,
@@ -219,7 +242,7 @@ class SaliencyClipDataset(_ClipDatasetBase):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset folder does not exist")
-        self.manifest: Manifest = manifest_for_root(self.root, dataset)
+        self.manifest: Manifest = manifest_for_root(self.root, dataset, refuse_other=True, default="dhf1k")
         if not self.manifest.labeled:
             raise UserError(f"{self.manifest.path}: {self.manifest.name} is unlabeled; use UnlabeledClipDataset")
         self.split = split
@@ -229,7 +252,9 @@ class SaliencyClipDataset(_ClipDatasetBase):
         entries = _select(entries, videos, max_videos, self.root, split)
         self.entries: list[VideoEntry] = entries
         self._map_files: dict[int, tuple[list[Path], list[Path]]] = {}
-        self._n: dict[int, int] = {}
+        self._n: dict[int, int] = {}        # frames usable: the map count, or fewer if the video decodes fewer
+        self._n_maps: dict[int, int] = {}   # the map count itself
+        self._short: set[int] = set()       # videos found to decode fewer frames than their maps
         for v, e in enumerate(entries):
             if not e.source.exists():
                 raise DataError(f"{e.source}: missing {'frame folder' if not e.source.suffix else 'video'} "
@@ -238,10 +263,15 @@ class SaliencyClipDataset(_ClipDatasetBase):
                 maps, fix = list_images(e.maps), list_images(e.fixations)
                 if not maps:
                     raise DataError(f"{e.maps}: no GT maps")
+                if self.manifest.frame_names:  # names only: cheap, and catches a gap that would shift every map
+                    for folder, files in ((e.maps, maps), (e.fixations, fix)):
+                        problem = frame_name_problem([f.name for f in files], self.manifest.frame_names)
+                        if problem:
+                            raise DataError(f"{folder}: {problem} (run `tinyhd verify-data` on {self.root})")
                 if len(maps) != len(fix):
                     raise DataError(f"{e.fixations}: {len(fix)} fixation maps but {len(maps)} GT maps in {e.maps}")
                 self._map_files[v] = (maps, fix)
-                self._n[v] = len(maps)
+                self._n[v] = self._n_maps[v] = len(maps)
 
     @property
     def video_ids(self) -> list[str]:
@@ -265,19 +295,50 @@ class SaliencyClipDataset(_ClipDatasetBase):
         return self._n[v]
 
     def _shorter_video(self, v: int) -> int:
-        """The video decodes to fewer frames than it has maps: clamp to what both have, with a warning."""
+        """The video decodes to fewer frames than it has maps: clamp to what both have, with a warning (once).
+
+        Afterwards ``_num_frames(v)`` is the decodable count and ``__getitem__`` ends every clip of the video
+        there, so clips placed with the map count (uniform/all sampling) still load.
+        """
         import warnings
 
         from tinyhd.video import count_frames
 
         e = self.entries[v]
+        n_want = self._n_maps.get(v, self._num_frames(v))  # the maps, or the header's count (no annotations)
+        claim = f"{e.maps} has {n_want} maps" if v in self._n_maps else f"its header claims {n_want} frames"
         n = count_frames(e.source)
-        if n < 1 or n >= self._num_frames(v):
-            raise DataError(f"{e.source}: cannot decode the frames its {self._num_frames(v)} maps need")
-        warnings.warn(f"{e.source}: {n} frames decode but {e.maps} has {self._num_frames(v)} maps; "
+        if n < 1 or n >= n_want:
+            raise DataError(f"{e.source}: cannot decode the frames a clip needs ({n} frames decode; {claim}; "
+                            f"run `tinyhd verify-data` on {self.root})")
+        warnings.warn(f"{e.source}: {n} frames decode but {claim}; "
                       f"using the first {n} (run `tinyhd verify-data` on {self.root})", stacklevel=3)
         self._n[v] = n
+        self._short.add(v)
         return n
+
+    def _frame_size(self, v: int) -> tuple[int, int]:
+        """(height, width) of the video's frames, from its header (cached): the size its annotations must have."""
+        e = self.entries[v]
+        key = str(e.source)
+        if key not in self._cache.info:
+            self._cache.info[key] = video_info(e.source)
+        info = self._cache.info[key]
+        return int(info["height"]), int(info["width"])
+
+    def _read_labels(self, v: int, files: Sequence[Path], what: str) -> np.ndarray:
+        """N×H×W uint8 images read one by one, each checked against the video's frame size (a DataError names
+        the first file of another size, rather than failing later on a bare shape mismatch)."""
+        want = self._frame_size(v)
+        out = np.empty((len(files), *want), dtype=np.uint8)
+        for i, p in enumerate(files):
+            img = read_image(p, grayscale=True)
+            if img.shape != want:
+                raise DataError(f"{p}: {what} is {img.shape[0]}×{img.shape[1]} but the frames of "
+                                f"{self.entries[v].source} are {want[0]}×{want[1]} "
+                                f"(run `tinyhd verify-data` on {self.root})")
+            out[i] = img
+        return out
 
     def ground_truth(self, video: str) -> VideoGT:
         """A video's maps (float [0, 1]) and fixations (bool) at full resolution, every frame."""
@@ -285,10 +346,8 @@ class SaliencyClipDataset(_ClipDatasetBase):
         if not self.annotated:
             raise UserError(f"{self.root}: split {self.split!r} has no annotations")
         maps, fix = self._map_files[v]
-        m = np.stack([read_image(p, grayscale=True) for p in maps]).astype(np.float32) / 255.0
-        f = np.stack([read_image(p, grayscale=True) for p in fix]) > 0
-        if m.shape != f.shape:
-            raise DataError(f"{e.fixations}: fixation maps are {f.shape[1:]} but GT maps are {m.shape[1:]}")
+        m = self._read_labels(v, maps, "map").astype(np.float32) / 255.0  # N×H×W
+        f = self._read_labels(v, fix, "fixation map") > 0                 # N×H×W
         return VideoGT(e.id, e.source, m, f)
 
     def frames(self, video: str) -> np.ndarray:
@@ -298,10 +357,14 @@ class SaliencyClipDataset(_ClipDatasetBase):
     def __getitem__(self, index: int) -> dict[str, Any]:
         v, end, flip = self._place(index)
         e = self.entries[v]
+        if v in self._short:  # clips placed with the map count end at the last frame that decodes
+            end = min(end, self._n[v] - 1)
         idx = clip_frame_indices(end, self.clip_len)
         try:
             clip = self._clip(e, idx, self._n.get(v), flip)
         except DataError:
+            if v in self._short:
+                raise
             # fewer decodable frames than GT maps: warn once, then use the frames both have
             n = self._shorter_video(v)
             idx = clip_frame_indices(min(end, n - 1), self.clip_len)
@@ -311,10 +374,8 @@ class SaliencyClipDataset(_ClipDatasetBase):
         if self.annotated:
             maps_f, fix_f = self._map_files[v]
             uniq, inverse = np.unique(tgt, return_inverse=True)
-            maps = np.stack([read_image(maps_f[i], grayscale=True) for i in uniq])[inverse]
-            fix = np.stack([read_image(fix_f[i], grayscale=True) for i in uniq])[inverse] > 0
-            if maps.shape != fix.shape:
-                raise DataError(f"{e.fixations}: fixation PNGs are {fix.shape[1:]} but maps are {maps.shape[1:]}")
+            maps = self._read_labels(v, [maps_f[i] for i in uniq], "map")[inverse]                 # T×H×W
+            fix = self._read_labels(v, [fix_f[i] for i in uniq], "fixation map")[inverse] > 0     # T×H×W
             sal = resize_maps(torch.from_numpy(maps.astype(np.float32) / 255.0), (h, w))
             fixation = resize_fixations(fix, (h, w))
             if flip:
@@ -342,11 +403,12 @@ class UnlabeledClipDataset(_ClipDatasetBase):
     """Clips without saliency from a Kinetics-400-layout folder (``train_256/<class>/<id>.mp4``).
 
     Items have the labeled dataset's keys so batches collate together; ``has_sal`` is False and the
-    saliency/fixation tensors are zeros of the right shape. The teacher supplies their targets.
+    saliency/fixation tensors are zeros of the right shape. The teacher supplies their targets. ``dataset``:
+    as for :class:`SaliencyClipDataset`, Kinetics-400's manifest when None and ROOT has none of its own.
     """
 
     def __init__(self, root: str | os.PathLike, clip_len: int = 16, size: Sequence[int] | None = INPUT_SIZE,
-                 output: str = "single", seed: int = 0, split: str = "train", dataset: str = "kinetics400",
+                 output: str = "single", seed: int = 0, split: str = "train", dataset: str | None = None,
                  sampling: str = "random", flip: bool = True, clips_per_video: int = 5,
                  max_videos: int | None = None, videos: Sequence[str] | None = None, cache_videos: int = 4,
                  cache_mb: float = 64.0) -> None:
@@ -354,7 +416,7 @@ class UnlabeledClipDataset(_ClipDatasetBase):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset folder does not exist")
-        self.manifest = manifest_for_root(self.root, dataset)
+        self.manifest = manifest_for_root(self.root, dataset, refuse_other=True, default="kinetics400")
         self.split = split
         self.variant = self.manifest.detect_variant(self.root)
         entries = self.manifest.videos(self.root, split, self.variant)
@@ -381,6 +443,7 @@ class UnlabeledClipDataset(_ClipDatasetBase):
     def __getitem__(self, index: int) -> dict[str, Any]:
         v, end, flip = self._place(index)
         e = self.entries[v]
+        end = min(end, self._num_frames(v) - 1)  # a recount (below) may have shortened the video since placement
         idx = clip_frame_indices(end, self.clip_len)
         try:
             clip = self._clip(e, idx, self._n.get(v), flip)
@@ -463,8 +526,9 @@ def _select(entries: list[VideoEntry], videos: Sequence[str] | None, max_videos:
     return entries
 
 
-def list_videos(root: str | os.PathLike, split: str, dataset: str = "dhf1k", variant: str | None = None) -> list[str]:
-    """The video ids of a split, as the loaders see them."""
+def list_videos(root: str | os.PathLike, split: str, dataset: str | None = None,
+                variant: str | None = None) -> list[str]:
+    """The video ids of a split, as the loaders see them (``dataset`` as for :class:`SaliencyClipDataset`)."""
     root = Path(root)
-    m = manifest_for_root(root, dataset)
+    m = manifest_for_root(root, dataset, refuse_other=True, default="dhf1k")
     return [e.id for e in m.videos(root, split, variant or m.detect_variant(root))]

@@ -10,6 +10,7 @@ Schema (``schema_version: 1``)::
     kind: labeled | unlabeled
     ids: range | folder | glob    # how videos are enumerated (see below)
     video_id: "{n:03d}"           # range only: the id string of video number n
+    frame_names: "{frame:04d}.png"  # optional: map/fixation file names, numbered 1..N without gaps
     layout:                       # the default variant; templates use {n} {id} {split_dir}
       source: "video/{n:03d}.AVI"           # a video file, or a folder of frames
       maps: "annotation/{n:04d}/maps"        # labeled only: one PNG per frame, grey level/255 = density
@@ -19,7 +20,12 @@ Schema (``schema_version: 1``)::
     splits:
       train: {range: [1, 600], count: 600, annotated: true}   # ids: range
       test:  {dir: testing, count: 47, annotated: true}       # ids: folder / glob: one folder per split
+      # optional for ids folder/glob: ``videos: [id, ...]`` (the split's ids; verify-data names missing and
+      # extra ones); ``count_uncertain: true`` (the sources disagree: a count outside ``count`` is a warning)
     frames: {"001": 48, ...}      # optional: frame count per video id
+
+Every map and fixation PNG has the size of its video's frames (the annotations are at the video's native
+resolution); ``verify-data`` checks it and the loaders refuse other sizes, naming the file.
 
 ``ids: range`` numbers the videos (DHF1K); ``ids: folder`` takes every sub-folder of the split's ``dir`` as
 a video (UCF-Sports, Hollywood2 frame folders); ``ids: glob`` takes every video file
@@ -70,6 +76,8 @@ class SplitSpec:
     range: tuple[int, int] | None = None
     dir: str | None = None
     classes: int | None = None
+    videos: list[str] | None = None   # ids folder/glob: the split's video ids, when known
+    count_uncertain: bool = False      # the sources disagree on the count: a mismatch is only a warning
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Manifest:
     video_id: str = "{n:03d}"
     variants: dict[str, dict[str, str | None]] = field(default_factory=dict)
     frames: dict[str, int] = field(default_factory=dict)
+    frame_names: str | None = None     # e.g. "{frame:04d}.png": label files are named 1..N without gaps
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -232,7 +241,18 @@ def parse_manifest(raw: Any, path: Path | None = None) -> Manifest:
         if not isinstance(s, dict):
             raise bad(f"split {name!r} must be a mapping")
         spec = SplitSpec(name=str(name), count=s.get("count"), annotated=bool(s.get("annotated", True)),
-                         dir=s.get("dir"), classes=s.get("classes"))
+                         dir=s.get("dir"), classes=s.get("classes"),
+                         count_uncertain=bool(s.get("count_uncertain", False)))
+        if s.get("videos") is not None:
+            ids = s["videos"]
+            if raw["ids"] == "range" or not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
+                raise bad(f"split {name!r}: 'videos' must be a list of video ids (ids folder or glob only)")
+            if len(set(ids)) != len(ids):
+                raise bad(f"split {name!r}: 'videos' lists an id twice")
+            counts = spec.count if isinstance(spec.count, list) else [spec.count]
+            if spec.count is not None and len(ids) not in counts:
+                raise bad(f"split {name!r}: 'videos' lists {len(ids)} ids but count is {spec.count}")
+            spec.videos = list(ids)
         if raw["ids"] == "range":
             r = s.get("range")
             if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(v, int) for v in r)
@@ -247,13 +267,48 @@ def parse_manifest(raw: Any, path: Path | None = None) -> Manifest:
     frames = raw.get("frames") or {}
     if not isinstance(frames, dict) or not all(isinstance(v, int) and v > 0 for v in frames.values()):
         raise bad("'frames' must map video ids to positive frame counts")
+    frame_names = raw.get("frame_names")
+    if frame_names is not None:
+        try:
+            ok = isinstance(frame_names, str) and frame_names.format(frame=1) != frame_names.format(frame=2)
+        except (KeyError, ValueError, IndexError):
+            ok = False
+        if not ok:
+            raise bad(f"'frame_names' must be a template using {{frame}}, e.g. \"{{frame:04d}}.png\", "
+                      f"not {frame_names!r}")
     variants = raw.get("variants") or {}
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise bad("'variants' must map variant names to layout overrides")
     return Manifest(name=str(raw["name"]), kind=raw["kind"], ids=raw["ids"], layout=dict(layout),
                     splits=splits, video_id=str(raw.get("video_id", "{n:03d}")),
                     variants={str(k): dict(v) for k, v in variants.items()},
-                    frames={str(k): int(v) for k, v in frames.items()}, path=path, raw=raw)
+                    frames={str(k): int(v) for k, v in frames.items()}, frame_names=frame_names, path=path,
+                    raw=raw)
+
+
+def frame_name_problem(names: list[str], template: str) -> str | None:
+    """None when ``names`` are exactly ``template`` for frames 1..N (N = len(names)), else what is wrong.
+
+    Frames, maps and fixations are paired by position, so a gap (a missing ``0020.png`` with an extra
+    ``0049.png``) would silently shift every later map by one frame; this cheap check (names only) catches it.
+    """
+    expected = [template.format(frame=k) for k in range(1, len(names) + 1)]
+    if names == expected:
+        return None
+    have, want = set(names), set(expected)
+    missing = [n for n in expected if n not in have]
+    extra = sorted(have - want, key=natural_key)
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    detail = []
+    if missing:
+        detail.append(f"missing {few(missing)}")
+    if extra:
+        detail.append(f"unexpected {few(extra)}")
+    return (f"{len(names)} files not named {expected[0]}…{expected[-1]} without gaps (frame_names "
+            f"{template!r}): " + "; ".join(detail or ["order differs"]))
 
 
 def dataset_key(name: str) -> str:
@@ -263,10 +318,13 @@ def dataset_key(name: str) -> str:
     return ALIASES.get(key, key)
 
 
-def manifest_for_root(root: str | os.PathLike, dataset: str | None = None, refuse_other: bool = False) -> Manifest:
-    """``ROOT/manifest.yaml`` when the dataset carries its own (synthetic sets do), else the named one. With
+def manifest_for_root(root: str | os.PathLike, dataset: str | None = None, refuse_other: bool = False,
+                      default: str | None = None) -> Manifest:
+    """``ROOT/manifest.yaml`` when the dataset carries its own (synthetic sets do), else the named one.
+
+    ``default`` is the manifest used when no ``dataset`` is named and ROOT has no manifest of its own. With
     ``refuse_other``, a named ``dataset`` that is not the one of the folder's own manifest is a UserError (the
-    loaders pass their default name and keep the folder's; ``tinyhd cache-teacher`` refuses the contradiction)."""
+    loaders pass it whenever a dataset is named: naming one and silently reading another would be wrong)."""
     root = Path(root)
     own = root / "manifest.yaml"
     if own.is_file():
@@ -275,6 +333,7 @@ def manifest_for_root(root: str | os.PathLike, dataset: str | None = None, refus
             raise UserError(f"{own}: the dataset folder has its own manifest, for {m.name!r}, but the dataset given "
                             f"is {dataset!r}; name no dataset to use that manifest")
         return m
+    dataset = dataset if dataset is not None else default
     if dataset is None:
         raise DataError(f"{root}: no manifest.yaml in the dataset folder; name the dataset (e.g. 'dhf1k')")
     return load_manifest(dataset)
@@ -296,6 +355,7 @@ class Problem:
 @dataclass
 class Report:
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # doubtful, not wrong (e.g. an uncertain count)
     checked: dict[str, int] = field(default_factory=dict)  # split -> videos checked
     variant: str = "default"
 
@@ -306,20 +366,34 @@ class Report:
     def add(self, path: Path, message: str) -> None:
         self.problems.append(Problem(Path(path), message))
 
+    def warn(self, path: Path, message: str) -> None:
+        self.warnings.append(Problem(Path(path), message))
 
-def _readable_pngs(files: list[Path], report: Report, what: str) -> None:
+
+Shape = tuple[int, int]
+
+
+def _readable_pngs(files: list[Path], report: Report, what: str) -> dict[Path, Shape]:
+    """Read every image; unreadable ones are reported. Returns the (height, width) of the readable ones."""
     import cv2
 
+    shapes: dict[Path, Shape] = {}
     for f in files:
         img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
         if img is None or img.size == 0:
             report.add(f, f"unreadable {what} image (corrupt or not an image)")
+        else:
+            shapes[f] = (int(img.shape[0]), int(img.shape[1]))
+    return shapes
 
 
-def _check_labels(entry: VideoEntry, report: Report, deep: bool) -> int | None:
-    """Maps and fixations of one video: present, same frame names, readable. Returns the map count."""
+def _check_labels(entry: VideoEntry, report: Report, deep: bool,
+                  frame_names: str | None = None) -> tuple[int | None, dict[str, dict[Path, Shape]]]:
+    """Maps and fixations of one video: present, same frame names (numbered 1..N without gaps when the manifest
+    has ``frame_names``), readable. Returns the map count and, in deep mode, every image's size per kind."""
     n_maps = None
     names: dict[str, list[str]] = {}
+    shapes: dict[str, dict[Path, Shape]] = {}
     for what, folder in (("map", entry.maps), ("fixation", entry.fixations)):
         if folder is None:
             continue
@@ -331,10 +405,14 @@ def _check_labels(entry: VideoEntry, report: Report, deep: bool) -> int | None:
             report.add(folder, f"{what} folder has no images")
             continue
         names[what] = [f.name for f in files]
+        if frame_names:
+            problem = frame_name_problem(names[what], frame_names)
+            if problem:
+                report.add(folder, f"{what} {problem}")
         if what == "map":
             n_maps = len(files)
         if deep:
-            _readable_pngs(files, report, what)
+            shapes[what] = _readable_pngs(files, report, what)
     if len(names) == 2 and names["map"] != names["fixation"]:
         only_m = sorted(set(names["map"]) - set(names["fixation"]), key=natural_key)
         only_f = sorted(set(names["fixation"]) - set(names["map"]), key=natural_key)
@@ -344,7 +422,7 @@ def _check_labels(entry: VideoEntry, report: Report, deep: bool) -> int | None:
         if only_f:
             detail.append(f"{len(only_f)} fixation(s) without map, e.g. {entry.fixations / only_f[0]}")
         report.add(entry.fixations, "maps and fixations disagree: " + "; ".join(detail or ["order differs"]))
-    return n_maps
+    return n_maps, shapes
 
 
 def _check_source(entry: VideoEntry, report: Report, deep: bool) -> int | None:
@@ -359,7 +437,8 @@ def _check_source(entry: VideoEntry, report: Report, deep: bool) -> int | None:
                 report.add(src, "frame folder has no images")
                 return None
             if deep:
-                _readable_pngs(files, report, "frame")
+                shapes = _readable_pngs(files, report, "frame")
+                _same_size(src, shapes, next(iter(shapes.values()), None), "frame", "the first frame is", report)
             return len(files)
         if deep:
             n = count_frames(src)
@@ -396,12 +475,50 @@ def _unexpected_entries(manifest: Manifest, root: Path, variant: str, report: Re
             report.add(child, "unexpected item (renamed or extra video?) — no split of the manifest lists it")
 
 
+def _few_ids(ids: list[str], n: int = 6) -> str:
+    """``a, b, c … x, y, z`` for long lists: enough to see which ids a folder holds."""
+    if len(ids) <= 2 * n:
+        return ", ".join(ids)
+    return f"{', '.join(ids[:n])} … {', '.join(ids[-n:])}"
+
+
+def _check_split_ids(manifest: Manifest, spec: SplitSpec, vids: list[VideoEntry], root: Path,
+                     report: Report) -> None:
+    """``ids: folder`` / ``glob``: the split's ids against the manifest's list (each missing or extra one named),
+    or, without a list, its count (naming the ids found, so a wrong copy can be compared by eye)."""
+    split, base = spec.name, root / spec.dir
+    found = [e.id for e in vids]
+    if spec.videos is not None:
+        have, want = set(found), set(spec.videos)
+        for vid in spec.videos:
+            if vid not in have:
+                report.add(base / vid, f"missing video (split {split!r} of the manifest lists it)")
+        for e in vids:
+            if e.id not in want:
+                report.add(e.source.parent if manifest.ids == "folder" else e.source,
+                           f"unexpected video {e.id!r} (split {split!r} of the manifest does not list it)")
+        return
+    if spec.count is None:
+        return
+    counts = spec.count if isinstance(spec.count, list) else [spec.count]
+    if len(vids) in counts:
+        return
+    message = (f"split {split!r} has {len(vids)} videos, the manifest expects {' or '.join(map(str, counts))}"
+               f" (found: {_few_ids(found) or 'none'})")
+    if spec.count_uncertain:
+        report.warn(base, message + "; the sources disagree on this count, so it is only a warning "
+                                    f"(see the notes of {manifest.path or manifest.name})")
+    else:
+        report.add(base, message)
+
+
 def verify(manifest: Manifest, root: str | os.PathLike, splits: list[str] | None = None,
            variant: str | None = None, deep: bool = True, progress: bool = False) -> Report:
     """Check a dataset copy: every expected video present, readable and consistent with its annotations.
 
-    ``deep`` decodes every video and reads every PNG (thorough; minutes on the real DHF1K); without it,
-    frame counts come from container headers and images are only listed.
+    ``deep`` decodes every video and reads every PNG (thorough; minutes on the real DHF1K), checking every
+    image's size; without it, frame counts come from container headers, images are only listed and only the
+    first map and fixation of each video are measured.
     """
     root = Path(root)
     if not root.exists():
@@ -413,16 +530,14 @@ def verify(manifest: Manifest, root: str | os.PathLike, splits: list[str] | None
     entries: list[VideoEntry] = []
     for split in splits or list(manifest.splits):
         spec = manifest._split(split)
+        report.checked[split] = 0
         try:
             vids = manifest.videos(root, split, variant)
         except DataError as exc:
             report.add(Path(str(exc).split(": ", 1)[0]), str(exc).split(": ", 1)[-1])
             continue
-        if manifest.ids != "range" and spec.count is not None:
-            counts = spec.count if isinstance(spec.count, list) else [spec.count]
-            if len(vids) not in counts:
-                report.add(root / spec.dir, f"split {split!r} has {len(vids)} videos, the manifest expects "
-                                            f"{' or '.join(map(str, counts))}")
+        if manifest.ids != "range":
+            _check_split_ids(manifest, spec, vids, root, report)
         if spec.classes is not None and manifest.ids == "glob":
             n_cls = len({e.id.split("/")[0] for e in vids})
             if n_cls != spec.classes:
@@ -439,28 +554,66 @@ def verify(manifest: Manifest, root: str | os.PathLike, splits: list[str] | None
     for e in iterator:
         n_src = _check_source(e, report, deep)
         if manifest.labeled and e.maps is not None:
-            n_maps = _check_labels(e, report, deep)
+            n_maps, shapes = _check_labels(e, report, deep, manifest.frame_names)
             if n_src is not None and n_maps is not None and n_src != n_maps:
                 report.add(e.source, f"{n_src} frames but {n_maps} maps in {e.maps}")
             if n_maps is not None and e.source is not None and e.source.exists():
-                _check_sizes(e, report)
+                _check_sizes(e, report, shapes if deep else None)
         if e.frames is not None and n_src is not None and n_src != e.frames:
             report.add(e.source, f"{n_src} frames, the manifest's frame table says {e.frames}")
     return report
 
 
-def _check_sizes(e: VideoEntry, report: Report) -> None:
-    """The first map must have the frames' size (maps are at the video's native resolution)."""
+def _same_size(folder: Path, shapes: dict[Path, Shape], want: Shape | None, what: str, ref: str,
+               report: Report) -> None:
+    """One line per folder: the first image whose size is not ``want`` (and how many others differ)."""
+    if want is None:
+        return
+    bad = [(f, hw) for f, hw in shapes.items() if hw != want]
+    if bad:
+        f, (h, w) = bad[0]
+        more = f" ({len(bad)} of the {len(shapes)} {what} images in {folder} differ)" if len(bad) > 1 else ""
+        report.add(f, f"{what} is {h}×{w} but {ref} {want[0]}×{want[1]}{more}")
+
+
+def _check_sizes(e: VideoEntry, report: Report, shapes: dict[str, dict[Path, Shape]] | None) -> None:
+    """Maps and fixations must have the video frames' size (they are at the video's native resolution).
+
+    ``shapes`` (deep mode) holds the size of every map and fixation; without it only the first of each is read.
+    """
     from tinyhd.video import read_image, video_info
 
     try:
         info = video_info(e.source)
-        maps = list_images(e.maps)
-        h, w = read_image(maps[0], grayscale=True).shape
-    except (DataError, IndexError):
+    except DataError:
         return  # already reported
-    if (info["height"], info["width"]) != (h, w):
-        report.add(maps[0], f"map is {h}×{w} but the video frames are {info['height']}×{info['width']}")
+    frame = (info["height"], info["width"])
+    if shapes is None:
+        shapes = {}
+        for what, folder in (("map", e.maps), ("fixation", e.fixations)):
+            try:
+                first = list_images(folder)[0]
+                shapes[what] = {first: read_image(first, grayscale=True).shape}
+            except (DataError, IndexError):
+                continue  # already reported
+    for what, folder in (("map", e.maps), ("fixation", e.fixations)):
+        _same_size(folder, shapes.get(what, {}), frame, what, "the video frames are", report)
+
+
+def _own_manifest_line(manifest: Manifest, root: Path) -> tuple[Manifest, str | None, bool]:
+    """The manifest verify-data checks ROOT against, a line saying why if it is not the one named, and whether
+    that pairing is an error. ROOT's own ``manifest.yaml`` is what the loaders read for ROOT, so it wins over
+    a shipped manifest of the same dataset; a manifest of another dataset is refused, as the loaders do."""
+    own = root / "manifest.yaml"
+    if not own.is_file() or (manifest.path is not None and manifest.path.resolve() == own.resolve()):
+        return manifest, None, False
+    mine = load_manifest(own)
+    if dataset_key(mine.name) != dataset_key(manifest.name):
+        return manifest, (f"{own}: the dataset folder has its own manifest, for {mine.name!r}, not {manifest.name!r} "
+                          f"({manifest.path}); the loaders refuse this pairing. Check it with "
+                          f"`tinyhd verify-data {root}`, or name the right dataset"), True
+    return mine, (f"{own}: checking the folder's own manifest ({mine.name!r}), which the loaders use for it, "
+                  f"instead of {manifest.name!r} ({manifest.path})"), False
 
 
 def cli_main(argv: list[str]) -> int:
@@ -468,7 +621,8 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tinyhd verify-data", description=(
         "Check a dataset copy against its manifest: lists every missing, unreadable or inconsistent item. "
         "MANIFEST is a .yaml path, a folder holding manifest.yaml, or a short name (dhf1k, ucf, hollywood2, "
-        "kinetics)."))
+        "kinetics). A ROOT holding its own manifest.yaml (synthetic sets) is checked against that one, as the "
+        "loaders read it."))
     parser.add_argument("manifest")
     parser.add_argument("root", nargs="?", help="dataset folder (default: MANIFEST itself when it is a dataset "
                                                 "folder holding its own manifest.yaml)")
@@ -484,15 +638,24 @@ def cli_main(argv: list[str]) -> int:
     root = Path(args.root).expanduser()
     if not root.exists():
         raise DataError(f"{root}: dataset folder does not exist")
-    manifest = load_manifest(args.manifest)
+    manifest, line, refused = _own_manifest_line(load_manifest(args.manifest), root)
+    if line:
+        print(line)
+    if refused:
+        print(f"FAILED: {root} is not a copy of {manifest.name}: 1 problem(s); no videos checked")
+        return 1
     report = verify(manifest, root, splits=args.split, variant=args.variant, deep=not args.quick,
                     progress=sys.stderr.isatty())
     for problem in report.problems:
         print(problem)
-    counts = ", ".join(f"{k} {v}" for k, v in report.checked.items())
+    for warning in report.warnings:
+        print(f"{warning.path}: warning: {warning.message}")
+    counts = ", ".join(f"{k} {v}" for k, v in report.checked.items() if v)
+    checked = f"{counts} videos checked" if counts else "no videos checked"
+    warned = f", {len(report.warnings)} warning(s)" if report.warnings else ""
     where = f"{manifest.name} (layout {report.variant}) at {root}"
     if report.ok:
-        print(f"OK: {where}: {counts} videos checked, no problems")
+        print(f"OK: {where}: {checked}, no problems{warned}")
         return 0
-    print(f"FAILED: {where}: {len(report.problems)} problem(s); {counts} videos checked")
+    print(f"FAILED: {where}: {len(report.problems)} problem(s){warned}; {checked}")
     return 1

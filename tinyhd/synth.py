@@ -32,7 +32,9 @@ import numpy as np
 from tinyhd.errors import UserError
 from tinyhd.paths import atomic_write_text
 
-GENERATOR_VERSION = 1  # bump when the pictures change: it is part of the cache path
+GENERATOR_VERSION = 1  # bump when the pictures change: it is part of the cache path (and of the RNG seeds)
+LAYOUT_VERSION = 2     # bump when what is written changes but the pictures do not: also part of the cache path
+# layout 2: the DHF1K-layout test split is unannotated, as DHF1K's is; folder layouts list their video ids
 FPS = 30.0
 KINETICS_CLASSES = ("juggling_balls", "riding_a_bike", "walking_the_dog", "playing_tennis")
 
@@ -253,7 +255,8 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
     """Write a DHF1K-layout dataset into the (new or empty) folder ``root`` with its ``manifest.yaml``.
 
     The manifest is written last, so a folder without one is unfinished; ``build``/``ensure_synthetic``
-    add the all-or-nothing rename around this.
+    add the all-or-nothing rename around this. Like DHF1K's, the test split has no annotation folders
+    (``annotated: false``), so the unannotated code paths run on the synthetic set too.
 
     ``frames`` may list one count per video (to include short videos); videos whose number is in ``gray``
     are written as grey-level frames (3 equal channels), to exercise the loaders.
@@ -274,8 +277,9 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
             frames_ = np.repeat(cv2.cvtColor(frames_.reshape(-1, size[1], 3), cv2.COLOR_RGB2GRAY)
                                 .reshape(len(frames_), *size)[..., None], 3, axis=3)
         _write_avi(root / "video" / f"{n:03d}.AVI", frames_)
-        ann = root / "annotation" / f"{n:04d}"
-        _write_labels(ann / "maps", ann / "fixation", v)
+        if n < splits["test"][0]:  # DHF1K withholds the test annotations
+            ann = root / "annotation" / f"{n:04d}"
+            _write_labels(ann / "maps", ann / "fixation", v)
     manifest = {
         "schema_version": 1,
         "name": "synthetic-dhf1k",
@@ -287,7 +291,8 @@ def write_dhf1k(root: str | os.PathLike, videos: int = 12, frames: int | Sequenc
         "frame_names": "{frame:04d}.png",
         "layout": {"source": "video/{n:03d}.AVI", "maps": "annotation/{n:04d}/maps",
                    "fixations": "annotation/{n:04d}/fixation"},
-        "splits": {k: {"range": list(r), "count": r[1] - r[0] + 1, "annotated": True} for k, r in splits.items()},
+        "splits": {k: {"range": list(r), "count": r[1] - r[0] + 1, "annotated": k != "test"}
+                   for k, r in splits.items()},
         "frames": {f"{n:03d}": counts[n - 1] for n in range(1, videos + 1)},
     }
     atomic_write_text(root / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))  # written last
@@ -327,11 +332,13 @@ def write_folder_layout(root: str | os.PathLike, kind: str = "ucf", videos: int 
     root.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
+    ids: dict[str, list[str]] = {"train": [], "test": []}
     for n in tqdm(range(1, videos + 1), desc=f"synth {kind}", unit="video", leave=False, disable=not progress):
         split = "train" if n <= splits["train"] else "test"
         k = n if split == "train" else n - splits["train"]
         vid = (f"{UCF_SPORTS[(n - 1) % len(UCF_SPORTS)]}-{n:03d}" if kind == "ucf"
                else f"actionclip{split}{k:05d}")
+        ids[split].append(vid)
         folder = root / ("training" if split == "train" else "testing") / vid
         v = generate_video(seed + stream, n, counts[n - 1], size, observers)
         (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -345,10 +352,12 @@ def write_folder_layout(root: str | os.PathLike, kind: str = "ucf", videos: int 
         "kind": "labeled",
         "source": _generator_source(videos, counts, size, seed, observers),
         "ids": "folder",
+        "frame_names": "{frame:04d}.png",
         "layout": {"source": "{split_dir}/{id}/images", "maps": "{split_dir}/{id}/maps",
                    "fixations": "{split_dir}/{id}/fixation"},
-        "splits": {"train": {"dir": "training", "count": splits["train"], "annotated": True},
-                   "test": {"dir": "testing", "count": splits["test"], "annotated": True}},
+        # the ids are known here, so verify-data can name a missing or extra video, not just count them
+        "splits": {"train": {"dir": "training", "count": splits["train"], "annotated": True, "videos": ids["train"]},
+                   "test": {"dir": "testing", "count": splits["test"], "annotated": True, "videos": ids["test"]}},
         "frames": {},
     }
     atomic_write_text(root / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))  # written last
@@ -368,7 +377,7 @@ def _write_labels(maps_dir: Path, fixation_dir: Path, v) -> None:
 
 def _generator_source(videos: int, counts: list[int], size: tuple[int, int], seed: int, observers: int) -> dict:
     """The manifest's ``source`` entry of a labelled synthetic set: generator version and parameters."""
-    return {"generator": f"tinyhd.synth (version {GENERATOR_VERSION})",
+    return {"generator": f"tinyhd.synth (version {GENERATOR_VERSION}, layout {LAYOUT_VERSION})",
             "parameters": {"videos": videos, "frames": counts if len(set(counts)) > 1 else counts[0],
                            "size": list(size), "seed": seed, "observers": observers}}
 
@@ -390,24 +399,28 @@ def write_kinetics(root: str | os.PathLike, videos: int = 8, frames: int | Seque
     alphabet = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
     from tqdm import tqdm
 
+    ids: list[str] = []
     for n in tqdm(range(1, videos + 1), desc="synth kinetics", unit="video", leave=False, disable=not progress):
         cls = KINETICS_CLASSES[(n - 1) % len(KINETICS_CLASSES)]
         yid = "".join(rng.choice(alphabet, 11))
         start = int(rng.integers(0, 300))
         v = generate_video(seed + 7919, n, counts[n - 1], size, labels=False)
-        _write_avi(root / "train_256" / cls / f"{yid}_{start:06d}_{start + 10:06d}.avi", v.frames)
+        stem = f"{yid}_{start:06d}_{start + 10:06d}"
+        _write_avi(root / "train_256" / cls / f"{stem}.avi", v.frames)
+        ids.append(f"{cls}/{stem}")
     n_cls = min(videos, len(KINETICS_CLASSES))
     manifest = {
         "schema_version": 1,
         "name": "synthetic-kinetics400",
         "title": "tinyhd synthetic unlabeled set in the Kinetics-400 layout",
         "kind": "unlabeled",
-        "source": {"generator": f"tinyhd.synth (version {GENERATOR_VERSION})",
+        "source": {"generator": f"tinyhd.synth (version {GENERATOR_VERSION}, layout {LAYOUT_VERSION})",
                    "parameters": {"videos": videos, "frames": counts if len(set(counts)) > 1 else counts[0],
                                   "size": list(size), "seed": seed}},
         "ids": "glob",
         "layout": {"source": None},
-        "splits": {"train": {"dir": "train_256", "count": videos, "classes": n_cls, "annotated": False}},
+        "splits": {"train": {"dir": "train_256", "count": videos, "classes": n_cls, "annotated": False,
+                             "videos": ids}},
     }
     atomic_write_text(root / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))  # written last
     return root
@@ -421,7 +434,8 @@ def synthetic_path(kind: str = "dhf1k", videos: int | None = None, frames: int =
     kind = _check_kind(kind)
     videos = videos if videos is not None else (8 if kind == "kinetics" else 12)
     h, w = size
-    return cache_dir() / "synth" / f"{kind}_v{videos}_f{frames}_{h}x{w}_s{seed}_g{GENERATOR_VERSION}"
+    return (cache_dir() / "synth"
+            / f"{kind}_v{videos}_f{frames}_{h}x{w}_s{seed}_g{GENERATOR_VERSION}_l{LAYOUT_VERSION}")
 
 
 def _check_kind(kind: str) -> str:
@@ -477,7 +491,8 @@ def ensure_synthetic(kind: str = "dhf1k", videos: int | None = None, frames: int
                      progress: bool = True) -> Path:
     """The root of a synthetic dataset, generated on first use and cached (the path encodes the parameters).
 
-    ``kind="dhf1k"``: 12 videos (train 001–008, val 009–010, test 011–012) of 48 frames at 96×128 by default.
+    ``kind="dhf1k"``: 12 videos (train 001–008, val 009–010, test 011–012 without annotations, as DHF1K's
+    test split) of 48 frames at 96×128 by default.
     ``kind="kinetics"``: 8 unlabeled videos in the Kinetics-400 layout.
     ``kind="ucf"`` / ``"hollywood2"``: 12 videos (8 training, 4 testing) in the UCF-Sports / Hollywood2
     frame-folder layout (:func:`write_folder_layout`).
