@@ -33,7 +33,7 @@ data_root = None      # None: the synthetic DHF1K-layout set (created on first u
 aux_root = None       # None: the synthetic Kinetics-400-layout set
 dataset = "dhf1k"     # manifest for data_root when it has no manifest.yaml of its own
 size = (192, 256)     # loader output H×W (the paper's input size)
-synth_videos = 12     # synthetic set: 12 videos = train 001–008, val 009–010, test 011–012
+synth_videos = 12     # synthetic set: 12 videos, i.e. train 001–008, val 009–010, test 011–012
 synth_frames = 48
 synth_size = (96, 128)
 seed = 0
@@ -226,13 +226,20 @@ assert short[0]["frame_index"].tolist() == [0] * 10 + list(range(6))
 aux_ds = data.UnlabeledClipDataset(aux, size=size, output="single", seed=seed)
 single.set_epoch(0)
 mixed = data.MixedClipDataset(single, aux_ds, ratio=1.0, seed=seed)
-batch = next(iter(torch.utils.data.DataLoader(mixed, batch_size=len(mixed), shuffle=False)))
-print(f"{len(single)} target + {mixed.n_aux} auxiliary clips per epoch; has_sal = {batch['has_sal'].tolist()}")
-print("auxiliary video ids:", sorted(set(batch["video"][len(single):]))[:3], "...")
+# one batch of the first few target clips and the first few auxiliary ones (not the whole epoch: at full scale
+# that is 600 + 600 clips, ~11 GB of float tensors)
+n_show = min(4, len(single), mixed.n_aux)
+shown = list(range(n_show)) + list(range(len(single), len(single) + n_show))   # target items, then auxiliary
+batch = next(iter(torch.utils.data.DataLoader(torch.utils.data.Subset(mixed, shown), batch_size=len(shown),
+                                              shuffle=False)))
+print(f"{len(single)} target + {mixed.n_aux} auxiliary clips per epoch; a batch of {n_show} + {n_show}: "
+      f"has_sal = {batch['has_sal'].tolist()}")
+print("auxiliary video ids:", sorted(set(batch["video"][n_show:]))[:3], "...")
 
 # %%
-assert len(mixed) == 2 * len(single) and batch["clip"].shape == (len(mixed), 3, 16, *size)
-assert batch["has_sal"].sum() == len(single) and not batch["saliency"][len(single):].any()
+assert len(mixed) == 2 * len(single) and batch["clip"].shape == (2 * n_show, 3, 16, *size)   # B×3×16×H×W
+assert batch["has_sal"].bool().tolist() == [True] * n_show + [False] * n_show
+assert not batch["saliency"][n_show:].any() and batch["saliency"][:n_show].any()   # zero targets when unlabeled
 
 # %% [markdown]
 # ## 5. `verify-data` on a damaged copy
