@@ -486,3 +486,13 @@ def test_reduced_teacher_is_refused_on_a_real_dataset(tmp_path):
         build_teacher(TrainConfig(data_root=str(ensure_synthetic("dhf1k")), aux_root=str(tmp_path / "kinetics"),
                                   teacher="reduced"))
     assert not any(tmp_path.rglob("*.npy"))
+
+
+def test_progress_bar_is_sparse_outside_a_terminal(tmp_path, capsys):
+    """In a notebook or a log file the bar is not redrawn on every step (a full-scale run would leave one
+    output per step): a 4-step run draws it at its start and its end only."""
+    cfg = TrainConfig(**{**TINY, "progress": True}, distill_on="none", max_steps=4)
+    train(cfg, tmp_path / "p")
+    err = capsys.readouterr().err
+    draws = err.count("train p:")
+    assert 1 <= draws <= 3, err

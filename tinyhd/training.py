@@ -1165,8 +1165,10 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
 
     from tqdm import tqdm
 
+    # redrawn at most every second on a terminal, every 30 s elsewhere (a notebook or a log file would otherwise
+    # keep one line per step: >100k outputs for a full-scale run)
     bar = tqdm(total=total, initial=min(state["step"], total), disable=not (is_main and cfg.progress),
-               desc=f"train {out_dir.name}", unit="step")
+               desc=f"train {out_dir.name}", unit="step", mininterval=1.0 if sys.stderr.isatty() else 30.0)
     while True:
         epoch = state["epoch"]
         if epoch >= cfg.epochs or (cfg.max_steps and state["step"] >= cfg.max_steps):
@@ -1215,7 +1217,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
                 if cfg.model == "hd2s_dsl":
                     row["source"] = batch["source"][0] if A == 1 else "mixed"
                 log(row)
-                bar.set_postfix(loss=f"{row['total']:.3f}")
+                bar.set_postfix(loss=f"{row['total']:.3f}", refresh=False)  # shown at the next redraw
             validated = bool(cfg.val_every) and state["step"] % cfg.val_every == 0
             if validated:  # every val_every steps (HD2S sheet §8: every 100)
                 run_validation(epoch, done=False)
