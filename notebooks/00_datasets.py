@@ -67,8 +67,9 @@ out_dir.mkdir(parents=True, exist_ok=True)
 # > action recognition benchmark as auxiliary dataset." — TinyHD §4.1
 #
 # The manifests encode these splits. Where the sources disagree we say so: the HD2S paper counts
-# Hollywood2 in *shots* (3,100 / 3,559), which is how the common frame-folder release is cut, so the
-# Hollywood2 manifest accepts either count.
+# Hollywood2 in *shots* (3,100 / 3,559) and the HD2S repository lists 1,904 training clips, and we have no
+# copy of the frame-folder release to settle it, so the Hollywood2 manifest lists every count, marks them
+# uncertain, and `verify-data` only warns (naming the alternatives) on a copy with another count.
 
 # %%
 paper = {("dhf1k", "train"): 600, ("dhf1k", "val"): 100, ("dhf1k", "test"): 300,
