@@ -252,3 +252,60 @@ def test_nested_foreign_state_dict_is_described(tmp_path: Path) -> None:
     torch.save({"state_dict": {"featureExtractor.block1.0.conv_s.weight": torch.zeros(2, 3, 1, 7, 7)}, "epoch": 9}, path)
     with pytest.raises(CheckpointError, match=r"whose 'state_dict' is a state dict of 1 tensors.*HD2S teacher"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_in_both_formats(tmp_path: Path, value: float) -> None:
+    """A diverged run's NaN/inf weights: refused at load, naming the file and the key (the fast path's fused
+    hardtanh would otherwise clamp NaN into a plausible map)."""
+    model = TinyHD("multi", decoders=("d1", "d2", "d3"), reduction=4)
+    official = official_dict(model)
+    official["encoder.encoder.0.0.weight"][0, 0, 0, 0, 0] = value
+    path = tmp_path / "diverged.pth"
+    torch.save({"student_model": official}, path)
+    for load in (load_official_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError, match=r"diverged\.pth: 1 tensor\(s\) hold NaN or infinite values "
+                                                  r"\(encoder\.encoder\.0\.0\.weight\)"):
+            load(path)
+    ours = tmp_path / "ours.pt"
+    save_checkpoint(model, ours)
+    obj = torch.load(ours, weights_only=True)
+    obj["model"]["decoders.0.blocks.0.conv.0.1.running_var"].fill_(value)  # a buffer
+    obj["model"]["fusion.bias"].fill_(value)
+    torch.save(obj, ours)
+    with pytest.raises(CheckpointError, match=r"ours\.pt: 2 tensor\(s\).*running_var.*fusion\.bias"):
+        load_checkpoint(ours)
+
+
+def test_cuda_map_location_without_cuda_is_named(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "fine.pt"
+    save_checkpoint(TinyHD("single", reduction=4), path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for loc in ("cuda", torch.device("cuda:0")):
+        with pytest.raises(CheckpointError, match=r"fine\.pt: map_location='cuda(:0)?' asks for CUDA, but CUDA is "
+                                                  r"not available.*map_location='cpu'"):
+            load_checkpoint(path, map_location=loc)
+        with pytest.raises(CheckpointError, match="not available"):
+            load_official_checkpoint(path, map_location=loc)
+    (tmp_path / "bad.pt").write_bytes(b"junk" * 10)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):  # real corruption still says so
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_download_offline_messages_name_the_folder_and_a_damaged_copy(tmp_path: Path, monkeypatch, capsys) -> None:
+    def offline(url, timeout):
+        raise weights.urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    name = "d123s_rc4_rc1T.pth"
+    dest = tmp_path / "dl dest"  # does not exist
+    with pytest.raises(UserError, match=r"create the folder .*dl dest and place it at .*pass that path to --checkpoint"):
+        weights.download(name, dest)
+    dest.mkdir()
+    (dest / name).write_bytes(b"half a download")
+    with pytest.raises(UserError) as exc:
+        weights.download(name, dest)
+    msg = str(exc.value)
+    assert "create the folder" not in msg and f"the file already at {dest / name} does not verify" in msg
+    assert weights.file_hashes(dest / name)["git_blob"] in msg and weights.registry()[name].git_blob in msg
+    assert (dest / name).read_bytes() == b"half a download"  # left for the user to inspect

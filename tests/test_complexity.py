@@ -138,3 +138,34 @@ def test_any_module_hd2s_counts_like_its_sheet():
     assert c["params"] == 29_795_597
     assert c["gmacs"] == pytest.approx(11.119, rel=0.01)
     assert c["gmacs"] == pytest.approx(PAPER_COMPLEXITY["HD2S"]["gmacs_16"] / 16, rel=0.01)
+
+
+def test_docstrings_state_what_count_complexity_returns():
+    """The docs quote our count (7.952 for TinyHD-M ×1, the paper's 7.95), not the sheet's ptflops 0.7.5
+    column, which is higher by exactly our Upsample MACs (counted twice there)."""
+    import tinyhd.complexity as cx
+
+    m = _counts("TinyHD-M ×¼")
+    assert m["gmacs"] + m["upsample"] == pytest.approx(SHEET_COMPLEXITY["TinyHD-M ×¼"]["gmacs"], abs=0.0006)
+    assert m["upsample"] > 0.001  # so "reproduces the sheet's column" cannot be true for M
+    for doc in (cx.__doc__, count_complexity.__doc__):
+        text = " ".join(doc.split())
+        assert "reproduces the sheet's ptflops" not in text and "7.975 for TinyHD-M ×1 (paper: 7.95)" not in text
+        assert "counts every Upsample twice" in text or "counts twice" in text
+    s1 = _counts("TinyHD-S ×1")["gmacs"]
+    assert f"{s1:.3f} GMAC per forward for TinyHD-S ×1" in " ".join(count_complexity.__doc__.split())
+
+
+def test_complexity_command(capsys):
+    from tinyhd.cli import main
+
+    assert main(["complexity", "--output", "multi", "--reduction", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("TinyHD")]
+    assert len(rows) == 1 and rows[0].split()[:2] == ["TinyHD-M", "×¼"]
+    cols = rows[0].split()
+    assert cols[2] == "515281" and float(cols[4]) == pytest.approx(_counts("TinyHD-M ×¼")["gmacs"], abs=1e-4)
+    assert "paper GMAC/16 maps" in out and "4.06" in cols
+    assert main(["complexity", "--size", "100x7"]) == 2
+    assert "--size 100x7" in capsys.readouterr().err
+    assert main(["--help"]) == 0 and "complexity" in capsys.readouterr().out

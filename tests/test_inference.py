@@ -265,3 +265,91 @@ def test_hub_pretrained_uses_the_verified_registry_copy(official_dir, tmp_path, 
     ref = tinyhd.load_official_checkpoint(official_dir / "d123m_rc4_rc1T.pth")
     for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+# ------------------------------------------------------------------------------------------------------
+# streaming (tinyhd predict): bounded memory, the same maps as the whole-video path
+# ------------------------------------------------------------------------------------------------------
+def _whole_video_reference(model, video, output, batch_size, first_frames="pad"):
+    """The whole-video computation predict used before streaming, written out: every frame decoded up front;
+    per batch, the frames the previous batch did not already preprocess are preprocessed in one call."""
+    from tinyhd.inference import _batches
+    from tinyhd.preprocess import preprocess
+
+    maps, cache = {}, {}
+    with torch.inference_mode():
+        for batch in _batches(plan_windows(len(video), output, first_frames=first_frames), batch_size):
+            need = sorted({int(i) for idx, _, _ in batch for i in idx})
+            missing = [i for i in need if i not in cache]
+            x = preprocess(video[missing]) if missing else None  # 3×M×192×256
+            cache = {i: cache[i] if i in cache else x[:, missing.index(i)] for i in need}
+            clip = torch.stack([torch.stack([cache[int(i)] for i in idx], dim=1) for idx, _, _ in batch])
+            sal = model(clip).saliency.numpy()
+            for b, (_, pos, fr) in enumerate(batch):
+                for p, f in zip(pos, fr):
+                    maps[int(f)] = sal[b, int(p)]
+    return np.stack([maps[f] for f in range(len(video))])
+
+
+@pytest.mark.parametrize("output,n,batch_size,first_frames", [("multi", 69, 2, "pad"), ("single", 40, 4, "reverse")])
+def test_streamed_maps_equal_the_whole_video_path_with_bounded_memory(tmp_path, monkeypatch, output, n, batch_size,
+                                                                      first_frames):
+    from tinyhd import inference
+    from tinyhd.video import read_video, write_video
+
+    torch.manual_seed(0)
+    model = tinyhd.TinyHD(output=output, decoders=("d3",), reduction=4).eval()
+    rng = np.random.default_rng(6)
+    path = write_video(tmp_path / "v.avi", rng.integers(0, 256, (n, 40, 56, 3), dtype=np.uint8), fourcc="MJPG")
+    video = read_video(path)
+
+    peak = []
+
+    class Recording(inference._FrameSource):
+        def load_until(self, *args):
+            super().load_until(*args)
+            peak.append(len(self.rgb))
+
+    monkeypatch.setattr(inference, "_FrameSource", Recording)
+    streamed = list(inference.iter_raw_maps(model, path, batch_size=batch_size, first_frames=first_frames,
+                                            progress=False))
+    assert [f for f, _, _ in streamed] == list(range(n))  # frame order
+    for f, _, frame in streamed:
+        assert np.array_equal(frame, video[f])
+    ref = _whole_video_reference(model, video, output, batch_size, first_frames)
+    assert np.array_equal(np.stack([m for _, m, _ in streamed]), ref)  # bit-identical
+    raw, idx, rgb = inference.predict_raw(model, video, batch_size=batch_size, first_frames=first_frames,
+                                          progress=False)
+    assert np.array_equal(raw, ref) and idx.tolist() == list(range(n)) and rgb is video
+    bound = (batch_size + 1) * 16 if output == "multi" else batch_size + 2 * 16
+    assert max(peak) <= bound < n  # never the whole video
+
+
+def test_stream_refuses_a_video_that_shrinks_between_passes(tmp_path):
+    from tinyhd.inference import iter_raw_maps
+    from tinyhd.video import write_image
+
+    for k in range(20):
+        write_image(tmp_path / "f" / f"{k:04d}.png", np.full((32, 32, 3), k, np.uint8))
+    with pytest.raises(tinyhd.errors.DataError, match=r"only 20 frames decode this time, 30 before"):
+        list(iter_raw_maps(FrameEcho("multi"), tmp_path / "f", n_frames=30, progress=False))
+
+
+def test_stream_of_a_frame_subset_keeps_only_the_frames_its_windows_need(tmp_path, monkeypatch):
+    from tinyhd import inference
+    from tinyhd.video import write_image
+
+    for k in range(80):
+        write_image(tmp_path / "f" / f"{k:04d}.png", np.full((32, 32, 3), 3 * k, np.uint8))
+    peak = []
+
+    class Recording(inference._FrameSource):
+        def load_until(self, *args):
+            super().load_until(*args)
+            peak.append(len(self.rgb))
+
+    monkeypatch.setattr(inference, "_FrameSource", Recording)
+    got = list(inference.iter_raw_maps(FrameEcho("single"), tmp_path / "f", frames=[3, 79], batch_size=1,
+                                       progress=False))
+    assert [f for f, _, _ in got] == [3, 79] and [_frame_of(m.mean()) for _, m, _ in got] == [3, 79]
+    assert max(peak) <= 16 + 16  # not the 64 frames between the two windows

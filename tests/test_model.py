@@ -166,3 +166,65 @@ def test_smallest_input_32x32_runs_for_s_and_m():
         with torch.no_grad():
             out = model(torch.randn(1, 3, 16, 32, 32))
         assert out.saliency.shape == ((1, 1, 32, 32) if output == "single" else (1, 16, 32, 32))
+
+
+@pytest.mark.parametrize("output,t,ok", [("multi", 16, True), ("multi", 15, False), ("multi", 1, False),
+                                         ("multi", 8, False), ("multi", 17, False), ("multi", 32, False),
+                                         ("single", 1, True), ("single", 9, True), ("single", 16, True),
+                                         ("single", 17, False), ("single", 32, False)])
+def test_clip_length_is_checked(output: str, t: int, ok: bool) -> None:
+    """TinyHD-M maps exactly 16 frames (T=15 used to return 16 maps silently, others a bare RuntimeError);
+    TinyHD-S takes 1..16 frames (one map each)."""
+    model = TinyHD(output, reduction=4).eval()
+    clip = torch.zeros(1, 3, t, 32, 32)
+    if ok:
+        with torch.no_grad():
+            sal = model(clip).saliency
+        assert sal.shape == ((1, 1, 32, 32) if output == "single" else (1, 16, 32, 32))
+    else:
+        match = "TinyHD-M needs clips of 16 frames" if output == "multi" else "TinyHD-S takes clips of 1 to 16"
+        with pytest.raises(ValueError, match=f"{match}.*T={t}"):
+            model(clip)
+
+
+def test_clip_length_check_survives_tracing_and_the_fast_model() -> None:
+    from tinyhd.fast import optimize_for_inference
+
+    from tinyhd.complexity import _TraceableOutputs
+
+    model = TinyHD("multi", decoders=("d3",), reduction=4).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(_TraceableOutputs(model), torch.zeros(1, 3, 16, 32, 32), check_trace=False)
+        assert traced(torch.ones(1, 3, 16, 32, 32))[0].shape == (1, 16, 32, 32)
+        with pytest.raises(ValueError, match="T=15"):
+            optimize_for_inference(model, cpu_kernels=False)(torch.zeros(1, 3, 15, 32, 32))
+
+
+def test_every_module_is_reachable_from_the_package() -> None:
+    """``tinyhd.fast`` etc. resolve lazily after a bare ``import tinyhd`` (README points users to
+    tinyhd.fast.optimize_for_inference); checked through the package's own lazy lookup for every module file."""
+    from pathlib import Path
+
+    import tinyhd
+
+    names = sorted(p.stem for p in Path(tinyhd.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    for name in names:
+        if name == "preprocess":  # the name is the function (the module is tinyhd.preprocess in sys.modules)
+            assert callable(tinyhd.preprocess)
+            continue
+        mod = tinyhd.__getattr__(name)
+        assert mod.__name__ == f"tinyhd.{name}", name
+        assert name in dir(tinyhd)
+    for name in ("fast", "kernels", "cpu_train", "similarity"):
+        assert name in tinyhd._SUBMODULES
+
+
+def test_pretrained_backbone_docstring_matches_the_encoder() -> None:
+    """The encoder kernel-averages ImageNet weights at ×½ and ×¼ (encoder.py), so the doc must not say ×1 only."""
+    import inspect
+
+    from tinyhd.encoder import MobileNetV2Encoder3d
+
+    assert "reduce_state_dict" in inspect.getsource(MobileNetV2Encoder3d.__init__)
+    doc = " ".join(TinyHD.__doc__.split())
+    assert "×1 only" not in doc and "averaged down to the reduced widths" in doc

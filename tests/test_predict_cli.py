@@ -197,21 +197,90 @@ def test_output_path_that_is_a_file(tmp_path, avi, ckpt, capsys):
     assert target.read_text() == "keep me"
 
 
-def test_a_folder_holding_a_longer_videos_maps_is_refused(tmp_path, avi, ckpt, capsys):
-    """10 frames into a folder that holds 0001–0012.png: 0011/0012.png would pass for this video's; refused before
-    anything is written. The same video again into its own folder is fine (maps rewritten)."""
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_files_predict_did_not_write_are_never_replaced(tmp_path, avi, ckpt, capsys):
+    """A folder holding NNNN.png it did not write (0001–0012.png: a user's frames, DHF1K maps …) is refused
+    before anything is written, whether the names collide (0001–0010) or lie past the video (0011, 0012, and a
+    5-digit 12345.png); --overwrite replaces them and removes those past this video's end."""
     out = tmp_path / "maps"
     out.mkdir()
     for k in range(1, 13):
         (out / f"{k:04d}.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
     _fails(capsys, [str(avi), "--checkpoint", str(ckpt), "--out", str(out)], out,
-           "2 map(s) numbered past this video's 10 frames (0011.png")
-    assert all((out / f"{k:04d}.png").read_bytes() == b"old" for k in range(1, 13))
-    for k in (11, 12):
+           "holds 12 file(s)", "did not write", "--overwrite")
+    assert _snapshot(out) == before
+    for k in range(1, 13):
         (out / f"{k:04d}.png").unlink()
-    assert cli(["predict", str(avi), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    (out / "12345.png").write_bytes(b"old")  # not 4 digits, still a map name
+    _fails(capsys, [str(avi), "--checkpoint", str(ckpt), "--out", str(out)], out, "12345.png")
+    assert (out / "12345.png").read_bytes() == b"old"
+    for k in range(1, 13):
+        (out / f"{k:04d}.png").write_bytes(b"old")
+    assert cli(["predict", str(avi), "--checkpoint", str(ckpt), "--out", str(out), "--overwrite", "--no-progress"]) == 0
     assert "wrote 10 saliency maps (48×64, H×W)" in capsys.readouterr().out
-    assert cv2.imread(str(out / "0010.png")) is not None
+    assert [p.name for p in _pngs(out)] == [f"{k:04d}.png" for k in range(1, 11)]  # 0011, 0012, 12345 removed
+    assert cv2.imread(str(out / "0010.png")) is not None and (out / "notes.txt").read_text() == "mine"
+
+
+def test_rerun_replaces_its_own_output_and_removes_its_stale_files(tmp_path, avi, ckpt, capsys):
+    """predict's own earlier output (recorded in DIR/.tinyhd-predict.json) is replaced without a flag: a longer
+    video's maps past this one's end and an overlay not asked for again are removed. A map edited since is
+    the user's and is refused."""
+    out = tmp_path / "maps"
+    long_avi = write_video(tmp_path / "long.avi", np.random.default_rng(3).integers(0, 256, (13, 48, 64, 3), np.uint8),
+                           fps=25.0, fourcc="MJPG")
+    assert cli(["predict", str(long_avi), "--checkpoint", str(ckpt), "--out", str(out), "--overlay", "--no-progress"]) == 0
+    assert len(_pngs(out)) == 13 and (out / "overlay.mp4").is_file()
+    assert cli(["predict", str(avi), "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    assert [p.name for p in _pngs(out)] == [f"{k:04d}.png" for k in range(1, 11)]
+    assert not (out / "overlay.mp4").exists()  # a stale overlay of the longer video would pass for this one's
+    capsys.readouterr()
+    (out / "0003.png").write_bytes(b"edited by the user")
+    _fails(capsys, [str(avi), "--checkpoint", str(ckpt), "--out", str(out)], out, "0003.png")
+    assert (out / "0003.png").read_bytes() == b"edited by the user"
+
+
+def test_input_frame_folder_is_never_the_output(tmp_path, ckpt, capsys):
+    """Frames 0001–0020.png and --out pointing at the same folder (or a path that resolves to it): refused even
+    with --overwrite, the frames untouched."""
+    frames = tmp_path / "inplace"
+    rng = np.random.default_rng(4)
+    for k in range(1, 21):
+        write_image(frames / f"{k:04d}.png", rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    before = _snapshot(frames)
+    for out in (frames, tmp_path / "inplace" / ".." / "inplace"):
+        _fails(capsys, [str(frames), "--checkpoint", str(ckpt), "--out", str(out), "--overwrite"], out, "input frame folder")
+    assert _snapshot(frames) == before
+
+
+def test_input_video_in_out_named_like_an_output_is_refused(tmp_path, avi, ckpt, capsys):
+    out = tmp_path / "maps"
+    out.mkdir()
+    video = out / "overlay.mp4"
+    video.write_bytes(avi.read_bytes())
+    _fails(capsys, [str(video), "--checkpoint", str(ckpt), "--out", str(out), "--overlay", "--overwrite"], out,
+           "input video")
+    assert video.read_bytes() == avi.read_bytes()
+
+
+def test_overlay_of_an_odd_sized_frame_folder(tmp_path, ckpt, capsys):
+    """101×77 frames: the overlay is padded to 102×78 (one replicated column/row), not refused after the maps."""
+    rng = np.random.default_rng(5)
+    for k in range(1, 21):
+        write_image(tmp_path / "frames" / f"{k:04d}.png", rng.integers(0, 256, (77, 101, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    assert cli(["predict", str(tmp_path / "frames"), "--checkpoint", str(ckpt), "--out", str(out), "--overlay",
+                "--no-progress"]) == 0
+    assert "overlay video" in capsys.readouterr().out
+    assert len(_pngs(out)) == 20 and cv2.imread(str(out / "0020.png"), cv2.IMREAD_UNCHANGED).shape == (77, 101)
+    from tinyhd.video import read_video
+
+    assert read_video(out / "overlay.mp4").shape == (20, 78, 102, 3)
 
 
 def test_a_checkpoint_trained_at_another_size_gets_a_note(tmp_path, avi, ckpt, capsys):
@@ -250,3 +319,14 @@ def test_released_name_is_used_only_once_downloaded(tmp_path, avi, official_dir,
     assert resolve_checkpoint(name) == tinyhd.weights.default_dest() / name  # verified local copy is used
     (tinyhd.weights.default_dest() / name).write_bytes(b"damaged copy")
     _fails(capsys, [str(avi), "--checkpoint", name, "--out", str(out)], name)
+
+
+def test_nan_weights_are_refused_not_turned_into_maps(tmp_path, avi, ckpt, capsys):
+    """The default (fast) path clamps NaN through its fused ReLU6 into plausible maps: refuse at load instead."""
+    bad = tmp_path / "diverged.pt"
+    obj = torch.load(ckpt, weights_only=True)
+    obj["model"]["encoder.features.0.0.weight"][0, 0, 0, 0, 0] = float("nan")
+    torch.save(obj, bad)
+    out = tmp_path / "o"
+    _fails(capsys, [str(avi), "--checkpoint", str(bad), "--out", str(out)], bad, "NaN", "encoder.features.0.0.weight")
+    assert not out.exists()

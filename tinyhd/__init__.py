@@ -29,10 +29,12 @@ _LAZY = {
     "postprocess": "tinyhd.inference",
 }
 
+# every module of the package (``tests/test_model.py`` checks that none is missing); ``preprocess`` is bound
+# to the function below, the module stays reachable as ``importlib.import_module("tinyhd.preprocess")``
 _SUBMODULES = {
-    "data", "video", "manifest", "synth", "paths", "encoder", "decoders", "model", "reduction",
-    "checkpoints", "weights", "preprocess", "complexity", "teacher", "teacher_cache", "losses",
-    "metrics", "inference", "evaluate", "training", "cli",
+    "data", "video", "manifest", "synth", "paths", "errors", "encoder", "decoders", "model", "reduction",
+    "checkpoints", "weights", "preprocess", "complexity", "teacher", "teacher_cache", "s3d", "similarity",
+    "losses", "metrics", "inference", "evaluate", "training", "cpu_train", "fast", "kernels", "cli",
 }
 
 # `tinyhd.preprocess` is both a module and the function it defines; bind the function eagerly (the module

@@ -78,10 +78,17 @@ def read_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{path}: not a file (a checkpoint is one .pth/.pt file)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes; an interrupted download or copy?)")
+    if _asks_for_cuda(map_location) and not torch.cuda.is_available():
+        raise CheckpointError(f"{path}: map_location={str(map_location)!r} asks for CUDA, but CUDA is not available "
+                              f"to this process; use map_location='cpu'")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, text file, wrong magic number, pickled code, ...
         text = str(exc)
+        if "Attempting to deserialize object on a CUDA device" in text:  # saved on CUDA, or mapped there
+            raise CheckpointError(f"{path}: its tensors are to be loaded onto CUDA (saved there, or mapped there "
+                                  f"by map_location={map_location!r}), but CUDA is not available to this process; "
+                                  f"use map_location='cpu'") from exc
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if isinstance(exc, pickle.UnpicklingError) and found:
             raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors and plain "
@@ -91,6 +98,27 @@ def read_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
         detail = why.group(1).strip() if why else (text.splitlines()[0] if text else "")
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another format?): "
                               f"{type(exc).__name__}: {detail}") from exc
+
+
+def _asks_for_cuda(map_location: Any) -> bool:
+    """Whether ``map_location`` names a CUDA device (a string or torch.device; other forms are left to torch)."""
+    if isinstance(map_location, (str, torch.device)):
+        try:
+            return torch.device(map_location).type == "cuda"
+        except RuntimeError:
+            return False
+    return False
+
+
+def check_finite(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a state dict holding NaN or infinite values (a diverged training run saves exactly that), naming
+    ``path`` and the keys: such weights give NaN maps, which fused inference kernels can clamp into plausible
+    ones."""
+    bad = [str(k) for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+                              f"{' …' if len(bad) > 3 else ''}); a diverged training run? Refusing to load them")
 
 
 def _describe(obj: Any) -> str:
@@ -173,6 +201,7 @@ def port_official_state_dict(model: TinyHD, official: Mapping[str, torch.Tensor]
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
         raise CheckpointError(f"{path}: does not match TinyHD {model.config}: " + "; ".join(parts))
+    check_finite(official, path)
     model.load_state_dict(mapped, strict=True)
 
 
@@ -224,6 +253,7 @@ def _from_config(config: Any, state: Any, path: Path) -> TinyHD:
     for k, v in state.items():
         if tuple(v.shape) != tuple(ours[k].shape):
             raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(ours[k].shape)}")
+    check_finite(state, path)
     model.load_state_dict(state, strict=True)
     return model
 

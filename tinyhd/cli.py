@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tinyhd.training", "train or distil a model from a YAML config (resumes)"),
     "cache-teacher": ("tinyhd.teacher_cache", "run the HD2S teacher once over a dataset and store its maps"),
     "weights": ("tinyhd.weights", "list, download and verify the authors' released checkpoints"),
+    "complexity": ("tinyhd.complexity", "parameters and GMACs of the TinyHD variants beside the paper's"),
 }
 
 

@@ -23,13 +23,18 @@ pixel_shuffle, add, mul,      not counted (no module hook: functional      not c
 sigmoid, cat, permute         ops or parameter-free modules without one)
 ============================  ==========================================  ===================
 
-With these handlers ``count_complexity`` reproduces the sheet's ptflops(pytorch) column for all six
-released variants (checked in ``tests/test_complexity.py``). One ptflops quirk is *not* copied: its
-Upsample hook counts only the first sample of the batch; we count the whole batch (identical at batch 1,
-the paper's setting).
+With these handlers ``count_complexity`` gives the paper's figures for all six released variants (e.g.
+7.952 GMAC per forward for TinyHD-M ×1, printed 7.95 in Table 1a), within 0.03 GMAC per 16 maps. For the M
+variants it is *not* the spec sheet's ptflops column (7.975 for TinyHD-M ×1): the sheet was measured with
+ptflops 0.7.5, whose functional ``F.interpolate`` patch fires inside the ``nn.Upsample`` hook and so counts
+every Upsample twice; in every row the sheet minus our count equals our Upsample MACs (zero for the S
+variants, which have none), both checked in ``tests/test_complexity.py``.
+One further ptflops quirk is not copied: its Upsample hook counts only the first sample of the batch; we count
+the whole batch (identical at batch 1, the paper's setting).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import warnings
@@ -49,6 +54,7 @@ __all__ = [
     "VARIANTS",
     "build_variant",
     "complexity_table",
+    "cli_main",
 ]
 
 DEFAULT_INPUT_SHAPE = (1, 3, 16, 192, 256)  # B×C×T×H×W, the paper's clip (§4.2: 16 frames, 192×256)
@@ -214,10 +220,12 @@ def _in_eval_mode(model: nn.Module, fn: Callable[[], Any]) -> Any:
 def count_complexity(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> dict[str, Any]:
     """Parameters and GMACs of one forward pass of ``model`` on a zero tensor of ``input_shape``.
 
-    MACs are counted as the paper counts them (ptflops module hooks, see the module docstring): for the
-    six released TinyHD variants this gives the spec sheet's ptflops column, e.g. 5.569 GMAC per forward
-    for TinyHD-S ×1 (paper: 5.57, Table 1a) and 7.975 for TinyHD-M ×1 (paper: 7.95). Works for any
-    ``nn.Module`` that takes one tensor. The model's train/eval flags are left as they were.
+    MACs are counted as the paper counts them (ptflops module hooks, Upsample once; see the module
+    docstring): for the six released TinyHD variants this gives the paper's figures, e.g. 5.569 GMAC per
+    forward for TinyHD-S ×1 (paper: 5.57, Table 1a) and 7.952 for TinyHD-M ×1 (paper: 7.95). The spec sheet's
+    ptflops 0.7.5 column is higher by exactly our Upsample MACs, which that version counts twice: equal for
+    the S variants (no Upsample), 7.975 for TinyHD-M ×1. Works for any ``nn.Module`` that takes one tensor.
+    The model's train/eval flags are left as they were.
 
     Returns ``{"params": int, "gmacs": float}`` (GMACs per forward, not per 16 maps: see ``maps_per_forward``).
     """
@@ -357,3 +365,57 @@ def complexity_table(names: Iterable[str] | None = None,
                 rows[-1][f"{col} GMAC/fwd"] = round(sum(v for k, v in by_op.items()
                                                         if k.startswith(keys)) * row_scale / 1e9, 4)
     return pd.DataFrame(rows).set_index("model")
+
+
+# --------------------------------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------------------------------
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size must be HxW, e.g. 192x256, got {text!r}") from None
+    if h < 32 or w < 32 or h % 32 or w % 32:
+        raise UserError(f"--size {text}: TinyHD needs H and W that are positive multiples of 32")
+    return h, w
+
+
+def cli_main(argv: list[str]) -> int:
+    """``tinyhd complexity [--output single|multi] [--reduction 1 2 4] [--size 192x256] [--variant NAME ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="tinyhd complexity",
+        description=("Parameters and GMACs of randomly initialised TinyHD variants (nothing is downloaded), counted "
+                     "as the paper counts them (ptflops module hooks), beside the paper's figures (Tables 1a, 3, "
+                     "5a). GMACs are per forward pass of a 16-frame clip and per 16 output maps (the paper's "
+                     "unit: ×16 for a MISO model). Default: the six Table 5a variants."))
+    parser.add_argument("--output", choices=("single", "multi"), default=None,
+                        help="only TinyHD-S (single) or TinyHD-M (multi)")
+    parser.add_argument("--reduction", type=int, choices=(1, 2, 4), nargs="+", default=None,
+                        help="only these channel reductions (1 = ×1, 2 = ×½, 4 = ×¼)")
+    parser.add_argument("--size", default="192x256", metavar="HxW",
+                        help="input frame size (default 192x256, the paper's; the paper's figures are shown "
+                             "only at that size)")
+    parser.add_argument("--variant", nargs="+", default=None, metavar="NAME",
+                        help=f"rows by name instead: {', '.join(VARIANTS)}")
+    parser.add_argument("--by-operator", action="store_true", help="split GMAC/forward into conv, BN, ReLU(6), …")
+    args = parser.parse_args(argv)
+
+    h, w = _parse_size(args.size)
+    if args.variant is not None:
+        names = list(args.variant)
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            raise UserError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    else:
+        names = [n for n, kw in VARIANTS.items() if n.startswith("TinyHD")
+                 and (args.output is None or kw["output"] == args.output)
+                 and (args.reduction is None or kw["reduction"] in args.reduction)]
+    # traced at 64×64 and scaled by area: exact for TinyHD (see complexity_table), and several times faster
+    table = complexity_table(names, (1, 3, 16, h, w), count_at=(64, 64), by_operator=args.by_operator)
+    if (h, w) != (192, 256):  # the paper counts at 192×256 (HD2S: at its own input, which its row keeps)
+        table.loc[table.index != "HD2S", ["paper GMAC/16 maps", "ratio"]] = None
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string())
+    return 0

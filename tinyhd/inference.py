@@ -24,7 +24,9 @@ The authors batch 20 clips; batch size does not change the maps beyond ~3e-5 (fi
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -191,15 +193,8 @@ def _model_output(model: nn.Module, output: str | None) -> str:
     return mode
 
 
-def _load_frames(video: Any) -> tuple[np.ndarray, Path | None]:
-    """A path (video file or frame folder) or frames (N×H×W×3 / N×H×W uint8) -> N×H×W×3 uint8 RGB."""
-    if isinstance(video, (str, os.PathLike)):
-        from tinyhd.video import read_video
-
-        path = Path(video)
-        if not path.exists():
-            raise DataError(f"{path}: no such video file or frame folder")
-        return read_video(path), path
+def _as_frames(video: Any) -> np.ndarray:
+    """Frames given as an array (N×H×W×3 / N×H×W / N×H×W×1 uint8, numpy or torch) -> N×H×W×3 uint8 RGB."""
     frames = video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
     if frames.ndim == 4 and frames.shape[-1] == 1:
         frames = frames[..., 0]
@@ -211,7 +206,76 @@ def _load_frames(video: Any) -> tuple[np.ndarray, Path | None]:
         raise ValueError(f"frames must be uint8 (0..255), got {frames.dtype}")
     if len(frames) == 0:
         raise ValueError("frames: the video has no frames")
-    return frames, None
+    return frames
+
+
+def _load_frames(video: Any) -> tuple[np.ndarray, Path | None]:
+    """A path (video file or frame folder) or frames (N×H×W×3 / N×H×W uint8) -> N×H×W×3 uint8 RGB."""
+    if isinstance(video, (str, os.PathLike)):
+        from tinyhd.video import read_video
+
+        path = Path(video)
+        if not path.exists():
+            raise DataError(f"{path}: no such video file or frame folder")
+        return read_video(path), path
+    return _as_frames(video), None
+
+
+def count_video_frames(path: str | os.PathLike) -> int:
+    """Frames of a video file or frame folder, counted without keeping any: a folder's images, or a file's
+    decodable frames (``DataError`` when the header promises more: truncated or corrupt)."""
+    from tinyhd.video import count_frames, list_images
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such video file or frame folder")
+    if path.is_dir():
+        n = len(list_images(path))
+        if n == 0:
+            raise DataError(f"{path}: frame folder contains no images")
+        return n
+    n = count_frames(path)
+    if n == 0:
+        raise DataError(f"{path}: no frame could be decoded (empty, truncated or corrupt video)")
+    _check_not_truncated(path, n)
+    return n
+
+
+class _FrameSource:
+    """Frames read forward on demand from an iterator, kept only while a later window may still need them."""
+
+    def __init__(self, frames: Iterator[np.ndarray], n: int, where: str) -> None:
+        self._it, self.n, self._where = frames, n, where
+        self._next = 0                             # index of the next frame the iterator yields
+        self.rgb: dict[int, np.ndarray] = {}       # frame index -> H×W×3 uint8
+
+    def load_until(self, last: int, first_kept: int = 0) -> None:
+        """Read frames up to index ``last`` (inclusive), keeping those from ``first_kept`` on."""
+        while self._next <= last:
+            frame = next(self._it, None)
+            if frame is None:
+                raise DataError(f"{self._where}: only {self._next} frames decode this time, {self.n} before "
+                                f"(did the file change while it was read?)")
+            if self._next >= first_kept:
+                self.rgb[self._next] = frame
+            self._next += 1
+
+    def drop_before(self, first: int) -> None:
+        for i in [i for i in self.rgb if i < first]:
+            del self.rgb[i]
+
+
+def _source(video: Any, n_frames: int | None = None) -> _FrameSource:
+    """A :class:`_FrameSource` over a path (decoded as it is consumed; a first pass counts the frames unless
+    ``n_frames`` says how many decode) or an in-memory array (no copy)."""
+    if isinstance(video, (str, os.PathLike)):
+        from tinyhd.video import iter_frames
+
+        path = Path(video)
+        n = count_video_frames(path) if n_frames is None else int(n_frames)
+        return _FrameSource(iter_frames(path), n, str(path))
+    frames = _as_frames(video)
+    return _FrameSource(iter(frames), len(frames), "frames")
 
 
 def _batches(plan: list, batch_size: int) -> Iterator[list]:
@@ -219,65 +283,92 @@ def _batches(plan: list, batch_size: int) -> Iterator[list]:
         yield plan[k:k + batch_size]
 
 
-@torch.inference_mode()
+def iter_raw_maps(model: nn.Module, video: Any, *, frames: Sequence[int] | None = None, batch_size: int = 8,
+                  device: str | torch.device | None = None, output: str | None = None, first_frames: str = "pad",
+                  clip_len: int = CLIP_LEN, progress: bool = True,
+                  n_frames: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Stream the raw maps of a video: (frame index, map 192×256 float32, decoded frame H×W×3 uint8), in frame
+    order, each as soon as its window has run.
+
+    Same windows, batches and arithmetic as a whole-video run (:func:`predict_raw`), but a video file or
+    frame folder is decoded as it is consumed and only the frames that the current and later batches still
+    need are kept: about ``(batch_size + 1) · clip_len`` frames for MIMO, ``batch_size + clip_len`` for MISO,
+    whatever the video's length. A file is decoded twice (a first pass counts its frames: the last MIMO
+    window starts at N − 16; pass ``n_frames`` when :func:`count_video_frames` already counted them). Other
+    arguments as for :func:`predict_video`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    src = _source(video, n_frames)
+    mode = _model_output(model, output)
+    plan = plan_windows(src.n, mode, frames, clip_len, first_frames)
+    batches = list(_batches(plan, batch_size))
+    # first frame index any batch from k on needs: frames below it are dropped once batch k starts
+    keep_from = [min(int(idx.min()) for idx, _, _ in b) for b in batches]
+    for k in range(len(batches) - 2, -1, -1):
+        keep_from[k] = min(keep_from[k], keep_from[k + 1])
+    dev = torch.device(device) if device is not None else _model_device(model)
+    if device is not None and _model_device(model) != dev:
+        model.to(dev)
+    was_training = model.training
+    model.eval()
+    cache: dict[int, torch.Tensor] = {}  # preprocessed frames (3×h×w) of the previous batch
+    expect_t = 1 if mode == "single" else clip_len
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(total=len(plan), desc="predict", unit="clip", disable=not progress, leave=False) as bar:
+            for k, batch in enumerate(batches):
+                need = sorted({int(i) for idx, _, _ in batch for i in idx})
+                src.drop_before(keep_from[k])
+                src.load_until(need[-1], keep_from[k])
+                missing = [i for i in need if i not in cache]
+                # the batch's new frames in one call, as the whole-video code made it: the resize's vectorisation
+                # depends on how many frames a call holds (values move by ~1e-6 otherwise)
+                if missing:
+                    x = preprocess(np.stack([src.rgb[i] for i in missing]))  # 3×M×192×256
+                    fresh = {i: x[:, j] for j, i in enumerate(missing)}
+                else:
+                    fresh = {}
+                cache = {i: cache[i] if i in cache else fresh[i] for i in need}
+                clip = torch.stack([torch.stack([cache[int(i)] for i in idx], dim=1) for idx, _, _ in batch])
+                with torch.inference_mode():
+                    out = model(clip.to(dev))  # B×3×T×h×w -> saliency B×T'×h×w
+                sal = getattr(out, "saliency", out)
+                if not isinstance(sal, torch.Tensor) or sal.ndim != 4:
+                    raise ValueError(f"the model must return maps B×T'×H×W (or an object with .saliency), "
+                                     f"got {getattr(sal, 'shape', type(sal))}")
+                if sal.shape[0] != len(batch) or sal.shape[1] != expect_t:
+                    raise ValueError(f"{mode} model returned maps of shape {tuple(sal.shape)} for {len(batch)} "
+                                     f"clips of {clip_len} frames (expected {len(batch)}×{expect_t}×H×W)")
+                sal = sal.float().cpu().numpy()
+                bar.update(len(batch))
+                for b, (_, pos, fr) in enumerate(batch):  # windows own disjoint, increasing frame ranges
+                    for p, f in zip(pos, fr):
+                        yield int(f), sal[b, int(p)], src.rgb[int(f)]
+    finally:
+        model.train(was_training)
+
+
 def predict_raw(model: nn.Module, video: Any, *, frames: Sequence[int] | None = None, batch_size: int = 8,
                 device: str | torch.device | None = None, output: str | None = None, first_frames: str = "pad",
                 clip_len: int = CLIP_LEN, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw model maps of a video: (maps F×192×256 float32, frame indices F, decoded frames N×H×W×3 uint8).
 
     ``frames`` selects which frame indices to predict (all when None); the maps are those a whole-video run
-    gives (same windows). See :func:`predict_video` for the other arguments.
+    gives (same windows). Holds the whole decoded video (it returns it): :func:`iter_raw_maps` streams
+    instead. See :func:`predict_video` for the other arguments.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rgb, _ = _load_frames(video)
-    n = len(rgb)
-    mode = _model_output(model, output)
-    plan = plan_windows(n, mode, frames, clip_len, first_frames)
-    dev = torch.device(device) if device is not None else _model_device(model)
-    if device is not None and _model_device(model) != dev:
-        model.to(dev)
-    was_training = model.training
-    model.eval()
-    wanted = np.array(sorted({int(f) for _, _, fr in plan for f in fr}), dtype=np.int64)
-    slot = {int(f): k for k, f in enumerate(wanted)}
-    maps: np.ndarray | None = None
-    cache: dict[int, torch.Tensor] = {}  # preprocessed frames (3×h×w) of the previous batch
-    from tqdm.auto import tqdm
-
-    try:
-        with tqdm(total=len(plan), desc="predict", unit="clip", disable=not progress, leave=False) as bar:
-            for batch in _batches(plan, batch_size):
-                need = sorted({int(i) for idx, _, _ in batch for i in idx})
-                missing = [i for i in need if i not in cache]
-                if missing:
-                    x = preprocess(rgb[missing])  # 3×M×192×256
-                    fresh = {i: x[:, k] for k, i in enumerate(missing)}
-                else:
-                    fresh = {}
-                cache = {i: cache[i] if i in cache else fresh[i] for i in need}
-                clip = torch.stack([torch.stack([cache[int(i)] for i in idx], dim=1) for idx, _, _ in batch])
-                out = model(clip.to(dev))  # B×3×T×h×w -> saliency B×T'×h×w
-                sal = getattr(out, "saliency", out)
-                if not isinstance(sal, torch.Tensor) or sal.ndim != 4:
-                    raise ValueError(f"the model must return maps B×T'×H×W (or an object with .saliency), "
-                                     f"got {getattr(sal, 'shape', type(sal))}")
-                expect_t = 1 if mode == "single" else clip_len
-                if sal.shape[0] != len(batch) or sal.shape[1] != expect_t:
-                    raise ValueError(f"{mode} model returned maps of shape {tuple(sal.shape)} for {len(batch)} "
-                                     f"clips of {clip_len} frames (expected {len(batch)}×{expect_t}×H×W)")
-                sal = sal.float().cpu().numpy()
-                if maps is None:
-                    maps = np.empty((len(wanted),) + sal.shape[-2:], dtype=np.float32)
-                for b, (_, pos, fr) in enumerate(batch):
-                    for p, f in zip(pos, fr):
-                        maps[slot[int(f)]] = sal[b, int(p)]
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
-    if maps is None:  # no frame requested
-        maps = np.empty((0,) + tuple(INPUT_SIZE), dtype=np.float32)
-    return maps, wanted, rgb
+    maps, wanted = [], []
+    for f, m, _ in iter_raw_maps(model, rgb, frames=frames, batch_size=batch_size, device=device, output=output,
+                                 first_frames=first_frames, clip_len=clip_len, progress=progress):
+        wanted.append(f)
+        maps.append(m)
+    out = np.stack(maps) if maps else np.empty((0,) + tuple(INPUT_SIZE), dtype=np.float32)  # F×192×256
+    return out, np.asarray(wanted, dtype=np.int64), rgb
 
 
 def predict_video(model: nn.Module, path_or_frames: Any, *, postprocess: bool = True,
@@ -350,8 +441,9 @@ def resolve_checkpoint(spec: str, download: bool = False) -> Path:
         return Path(weights.download(spec))
     local = weights.default_dest() / spec
     if not local.is_file():
-        raise CheckpointError(f"{spec}: released checkpoint not downloaded yet; run `tinyhd weights download "
-                              f"{spec}` or pass --download")
+        raise CheckpointError(f"{spec}: released checkpoint not downloaded: not in {weights.default_dest()} (where "
+                              f"`tinyhd weights download {spec}` puts it); run that or pass --download, or, for a "
+                              f"copy downloaded with --dest, pass its path")
     weights.verify(local, spec)  # CheckpointError if the local copy is damaged
     return local
 
@@ -368,20 +460,105 @@ def _check_not_truncated(path: Path, n_decoded: int) -> None:
                         f"{n_decoded} decode")
 
 
+# what `tinyhd predict` writes into --out, and the record it keeps of it there
+MARKER = ".tinyhd-predict.json"
+OVERLAY_NAME = "overlay.mp4"
+_MAP_NAME = re.compile(r"\d{4,}\.png")
+
+
+def _is_output_name(name: str) -> bool:
+    return bool(_MAP_NAME.fullmatch(name)) or name == OVERLAY_NAME
+
+
+def _owned_files(out_dir: Path) -> set[str]:
+    """Names in ``out_dir`` that an earlier ``tinyhd predict`` wrote and that are unchanged since (its marker
+    records each file's size and mtime; files of an interrupted run, recorded without them, count too)."""
+    try:
+        record = json.loads((out_dir / MARKER).read_text())
+        files = record["files"]
+        if record.get("written_by") != "tinyhd predict" or not isinstance(files, dict):
+            return set()
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    owned = set()
+    for name, stat in files.items():
+        path = out_dir / str(name)
+        if not _is_output_name(str(name)) or not path.is_file():
+            continue
+        st = path.stat()
+        if stat is None or (isinstance(stat, list) and stat == [st.st_size, st.st_mtime_ns]):
+            owned.add(str(name))
+    return owned
+
+
+def _write_marker(out_dir: Path, names: Sequence[str], video: Path, checkpoint: Path, n: int, complete: bool) -> None:
+    from tinyhd.paths import atomic_write_text
+
+    files: dict[str, Any] = {}
+    for name in names:
+        st = (out_dir / name).stat() if complete else None
+        files[name] = [st.st_size, st.st_mtime_ns] if st is not None else None
+    record = {"written_by": "tinyhd predict", "video": str(video), "checkpoint": str(checkpoint), "frames": n,
+              "complete": complete, "files": files}
+    atomic_write_text(out_dir / MARKER, json.dumps(record) + "\n")
+
+
+def prepare_out_dir(out_dir: Path, video: Path, targets: Sequence[str], overwrite: bool) -> list[Path]:
+    """Check that ``tinyhd predict`` may write ``targets`` (file names) into ``out_dir``; return the files
+    of an earlier run to delete first (maps numbered past this video's frames, an overlay not asked for).
+
+    Refused (UserError, nothing touched): ``out_dir`` is the input frame folder or would replace the input
+    video; ``out_dir`` holds map-like files (``NNNN.png``, 4 digits or more) or ``overlay.mp4`` that this
+    command did not write there (see :data:`MARKER`), unless ``overwrite``.
+    """
+    out_res, vid_res = out_dir.resolve(), video.resolve()
+    if video.is_dir() and out_res == vid_res:
+        raise UserError(f"{out_dir}: --out is the input frame folder; its frames would be replaced by maps. "
+                        f"Choose another --out folder")
+    if video.is_file() and vid_res.parent == out_res and _is_output_name(vid_res.name):
+        raise UserError(f"{out_dir}: --out holds the input video {video.name}, which predict would replace or "
+                        f"remove. Choose another --out folder")
+    if not out_dir.is_dir():
+        return []
+    existing = sorted((p for p in out_dir.iterdir() if _is_output_name(p.name)), key=lambda p: p.name)
+    owned = _owned_files(out_dir)
+    foreign = [p.name for p in existing if p.name not in owned]
+    if foreign and not overwrite:
+        raise UserError(f"{out_dir}: holds {len(foreign)} file(s) named like predict's output that it did not write "
+                        f"there ({', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''}); they would be "
+                        f"replaced or left to pass for this video's maps. Use an empty --out folder, or pass "
+                        f"--overwrite to replace them")
+    if any(not p.is_file() for p in existing):
+        bad = next(p for p in existing if not p.is_file())
+        raise UserError(f"{bad}: is not a file; predict would write a file of that name")
+    wanted = set(targets)
+    return [p for p in existing if p.name not in wanted]
+
+
 def cli_main(argv: list[str]) -> int:
-    """``tinyhd predict VIDEO --checkpoint CKPT --out DIR [--overlay]``."""
+    """``tinyhd predict VIDEO --checkpoint CKPT --out DIR [--overlay] [--overwrite]``."""
     parser = argparse.ArgumentParser(
         prog="tinyhd predict",
         description=("Saliency maps for a video with a TinyHD checkpoint, computed as the authors' generate.py "
                      "does: one grayscale PNG per frame at the video's original size, named %04d.png with "
                      "1-based frame numbers (0001.png is the first frame), written to DIR. With --overlay, also "
-                     "DIR/overlay.mp4: the video with the map blended in as a JET heatmap."))
+                     "DIR/overlay.mp4: the video with the map blended in as a JET heatmap. The video is decoded "
+                     "as it is processed (a file twice: a first pass counts its frames), so memory does not grow "
+                     "with its length. predict records what it wrote in DIR/" + MARKER + ": it replaces its own "
+                     "earlier output there (removing maps past this video's end and an overlay not asked for "
+                     "again), but refuses to touch NNNN.png or overlay.mp4 files it did not write unless given "
+                     "--overwrite, and never writes into the input frame folder."))
     parser.add_argument("video", metavar="VIDEO", help="a video file (any format OpenCV decodes) or a folder of frames")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="a checkpoint file (ours or the authors' .pth), or the name of a released checkpoint "
-                             "already downloaded with `tinyhd weights` (or pass --download)")
+                             "already downloaded with `tinyhd weights download` into its default folder (or pass "
+                             "--download); a copy downloaded with --dest is used by passing its path")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument("--overlay", action="store_true", help="also write DIR/overlay.mp4 (heatmap over the video)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace NNNN.png maps and overlay.mp4 in DIR that predict did not write there "
+                             "itself, and remove those this run would not rewrite (maps past this video's end, "
+                             "overlay.mp4 without --overlay)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay (default 0.5)")
     parser.add_argument("--download", action="store_true",
                         help="allow downloading a released checkpoint named by --checkpoint")
@@ -408,6 +585,8 @@ def cli_main(argv: list[str]) -> int:
         raise DataError(f"{video}: no such video file or frame folder")
     if video.is_file() and video.stat().st_size == 0:
         raise DataError(f"{video}: empty file, not a video")
+    if video.is_dir():  # before the frame count, which lists the folder
+        prepare_out_dir(out_dir, video, [], overwrite=args.overwrite)
 
     from tinyhd.checkpoints import load_checkpoint
 
@@ -416,44 +595,47 @@ def cli_main(argv: list[str]) -> int:
     note_training_size(model, ckpt, "predict")
     dev = checked_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
+
+    n = count_video_frames(video)  # DataError for a truncated file, before anything is written
+    targets = [f"{k:04d}.png" for k in range(1, n + 1)] + ([OVERLAY_NAME] if args.overlay else [])
+    stale = prepare_out_dir(out_dir, video, targets, overwrite=args.overwrite)
     if not args.plain:
         from tinyhd.fast import keep_freed_memory, optimize_for_inference
 
         model = optimize_for_inference(model)
         keep_freed_memory()
 
-    from tinyhd.video import read_video
-
-    rgb = read_video(video)
-    _check_not_truncated(video, len(rgb))
-    if out_dir.is_dir():  # maps of a longer video left there would pass for this one's
-        stale = sorted(p.name for p in out_dir.glob("[0-9][0-9][0-9][0-9].png") if int(p.stem) > len(rgb))
-        if stale:
-            raise UserError(f"{out_dir}: holds {len(stale)} map(s) numbered past this video's {len(rgb)} frames "
-                            f"({stale[0]} …), from an earlier run: use an empty --out folder or remove them")
-    maps, _, _ = predict_raw(model, rgb, batch_size=args.batch_size, device=dev, output=model.output,
-                             first_frames=args.first_frames, progress=not args.no_progress)
-    h, w = rgb.shape[1:3]
     from tqdm.auto import tqdm
 
-    from tinyhd.video import write_image, write_video
+    from tinyhd.video import VideoWriter, video_info, write_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    blended = np.empty_like(rgb) if args.overlay else None
-    for k, m in enumerate(tqdm(maps, desc="write", unit="frame", disable=args.no_progress, leave=False)):
-        u8 = postprocess_u8(m, (h, w))
-        write_image(out_dir / f"{k + 1:04d}.png", u8)
-        if blended is not None:
-            blended[k] = overlay(rgb[k], u8, args.alpha)
-    msg = f"wrote {len(maps)} saliency maps ({h}×{w}, H×W) to {out_dir}"
-    if blended is not None:
-        fps = None
-        if video.is_file():
-            from tinyhd.video import video_info
-
-            fps = video_info(video)["fps"]
-        target = out_dir / "overlay.mp4"
-        write_video(target, blended, fps=fps or 30.0, fourcc="mp4v")
-        msg += f" and the overlay video {target}"
+    for p in stale:  # an earlier run's maps past this video's end, or its overlay not asked for now
+        p.unlink()
+    _write_marker(out_dir, targets, video, ckpt, n, complete=False)
+    writer = None
+    if args.overlay:
+        fps = video_info(video)["fps"] if video.is_file() else None
+        writer = VideoWriter(out_dir / OVERLAY_NAME, fps=fps or 30.0, fourcc="mp4v", pad_odd=True)
+    h = w = 0
+    try:
+        stream = iter_raw_maps(model, video, batch_size=args.batch_size, device=dev, output=model.output,
+                               first_frames=args.first_frames, progress=not args.no_progress, n_frames=n)
+        for f, m, frame in tqdm(stream, total=n, desc="write", unit="frame", disable=args.no_progress, leave=False):
+            h, w = frame.shape[:2]
+            u8 = postprocess_u8(m, (h, w))
+            write_image(out_dir / f"{f + 1:04d}.png", u8)
+            if writer is not None:
+                writer.write(overlay(frame, u8, args.alpha))
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    _write_marker(out_dir, targets, video, ckpt, n, complete=True)
+    msg = f"wrote {n} saliency maps ({h}×{w}, H×W) to {out_dir}"
+    if writer is not None:
+        msg += f" and the overlay video {out_dir / OVERLAY_NAME}"
     print(msg)
     return 0

@@ -28,6 +28,8 @@ from torch import nn
 from tinyhd.decoders import DECODERS
 from tinyhd.encoder import MobileNetV2Encoder3d
 
+CLIP_FRAMES = 16  # frames per clip: what TinyHD-M maps (one map each), and the most TinyHD-S takes
+
 
 @dataclass
 class TinyHDOutput:
@@ -54,7 +56,8 @@ class TinyHD(nn.Module):
         output: "single" (MISO) or "multi" (MIMO).
         decoders: any multiset of "d1", "d2", "d3" (Table 3's homogeneous variants: ("d1", "d1"), ...).
         reduction: channel reduction 1, 2 or 4 (Table 5).
-        pretrained_backbone: inflate torchvision's ImageNet MobileNetV2 (×1 only; see ``reduce_channels``).
+        pretrained_backbone: inflate torchvision's ImageNet MobileNetV2 into the encoder; at ×½ and ×¼ its
+            kernels are first averaged down to the reduced widths (paper §3.3.2, ``tinyhd.reduction``).
         d1_output: "single" or "multi" for the D1 decoders of a multi-output model. Default: "single" (the
             released mixed mode) when the model has another decoder kind, "multi" when D1s are alone.
         fusion_order: "default" ([d1, d2, d3]: maps in ``decoders`` order) or "d1_last" (D1 maps last).
@@ -103,16 +106,26 @@ class TinyHD(nn.Module):
                    [m for m, d in zip(maps, self.decoders) if d.kind == "d1"]
         return maps
 
-    @staticmethod
-    def check_input(clip: torch.Tensor) -> None:
-        """Raise ValueError unless ``clip`` is B×3×T×H×W with H and W divisible by 32."""
+    def check_input(self, clip: torch.Tensor) -> None:
+        """Raise ValueError unless ``clip`` is B×3×T×H×W with H and W divisible by 32 and a T the model maps
+        correctly: exactly 16 for TinyHD-M (its temporal strides and Up_t return 16 maps whatever T is, so
+        T=15 would give 16 maps for 15 frames, other T fail deep inside), 1..16 for TinyHD-S (the temporal
+        strides reduce 16 frames to 1; longer clips fail or, for some decoders, silently pool more frames).
+
+        Only shapes are read, so jit tracing (and fvcore, which uses it) still works."""
         if clip.ndim != 5 or clip.shape[1] != 3:
             raise ValueError(f"TinyHD expects a B×3×T×H×W clip, got shape {tuple(clip.shape)}")
         if clip.shape[-1] % 32 or clip.shape[-2] % 32:
             raise ValueError(f"TinyHD needs H and W divisible by 32, got {tuple(clip.shape[-2:])}")
+        t = clip.shape[2]
+        if self.output == "multi" and t != CLIP_FRAMES:
+            raise ValueError(f"TinyHD-M needs clips of {CLIP_FRAMES} frames, got T={t}")
+        if self.output == "single" and not 1 <= t <= CLIP_FRAMES:
+            raise ValueError(f"TinyHD-S takes clips of 1 to {CLIP_FRAMES} frames, got T={t}")
 
     def forward(self, clip: torch.Tensor) -> TinyHDOutput:
-        """B×3×T×H×W ImageNet-normalised clip (H, W divisible by 32; T=16 for the released weights)."""
+        """B×3×T×H×W ImageNet-normalised clip (H, W divisible by 32; T=16 for TinyHD-M, 1..16 for TinyHD-S,
+        16 for the released weights)."""
         self.check_input(clip)
         blocks = self.encoder(clip)
         raw = [dec(blocks) for dec in self.decoders]  # each B×n×T'×H×W

@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -141,6 +141,43 @@ def count_frames(path: str | os.PathLike) -> int:
     return n
 
 
+def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Decode a video file or frame folder one frame at a time (H×W×3 uint8 RGB), in order.
+
+    The streaming counterpart of :func:`read_video` (same frames, same errors): only one decoded frame is held,
+    so a long video never has to fit in memory. A frame folder whose images change size raises ``DataError``
+    naming the first odd one out.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise DataError(f"{path}: frame folder contains no images")
+        shape = None
+        for f in files:
+            img = read_image(f)
+            if shape is not None and img.shape != shape:
+                raise DataError(f"{path}: frames have different sizes ({f.name} is {img.shape[0]}×{img.shape[1]}, "
+                                f"earlier frames {shape[0]}×{shape[1]})")
+            shape = img.shape
+            yield img
+        return
+    cv2 = _cv2()
+    cap = _open(path)
+    n = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            n += 1
+            yield _to_rgb(frame, path, cv2)
+    finally:
+        cap.release()
+    if n == 0:
+        raise DataError(f"{path}: no frame could be decoded (empty, truncated or corrupt video)")
+
+
 def read_video(path: str | os.PathLike, start: int = 0, stop: int | None = None,
                indices: Sequence[int] | None = None) -> np.ndarray:
     """Decode frames ``[start, stop)`` (0-based) of a video file or frame folder -> N×H×W×3 uint8 RGB.
@@ -210,6 +247,95 @@ def _read_file(path: Path, start: int, stop: int | None) -> np.ndarray:
     return np.stack(frames)
 
 
+class VideoWriter:
+    """Write a video frame by frame, atomically: frames go to a temporary file renamed to ``path`` on a clean
+    :meth:`close` (or ``with`` exit); an error or :meth:`abort` removes it, leaving any earlier ``path`` as it was.
+
+    Frames are H×W×3 uint8 RGB (or H×W gray), all of the first frame's size. Height and width must be even
+    (OpenCV's writers would crop odd sizes silently): odd sizes raise ``ValueError``, or with ``pad_odd=True``
+    (e.g. for overlay videos) get one replicated row/column added.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 30.0, fourcc: str = "MJPG", pad_odd: bool = False) -> None:
+        self.path, self.fps, self.fourcc, self.pad_odd = Path(path), float(fps), fourcc, pad_odd
+        self._writer = None
+        self._tmp: str | None = None
+        self._shape: tuple[int, ...] | None = None
+        self.frames = 0
+
+    def _start(self, h: int, w: int) -> None:
+        cv2 = _cv2()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
+        os.close(fd)
+        self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (int(w), int(h)))
+        if not self._writer.isOpened():
+            self.abort()
+            raise DataError(f"{self.path}: this OpenCV build cannot write {self.fourcc!r} video into "
+                            f"{self.path.suffix!r} files")
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one H×W×3 uint8 RGB (or H×W gray) frame."""
+        cv2 = _cv2()
+        frame = np.asarray(frame)
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=2)
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            self.abort()
+            raise ValueError(f"{self.path}: video frames must be H×W×3 uint8, got {frame.shape} {frame.dtype}")
+        if self._shape is None:
+            self._shape = frame.shape
+        elif frame.shape != self._shape:
+            self.abort()
+            raise ValueError(f"{self.path}: frame {self.frames} is {frame.shape[0]}×{frame.shape[1]}, the first "
+                             f"was {self._shape[0]}×{self._shape[1]}")
+        if self.pad_odd and (frame.shape[0] % 2 or frame.shape[1] % 2):
+            frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
+        if frame.shape[0] % 2 or frame.shape[1] % 2:
+            # OpenCV's FFMPEG writers silently crop odd sizes to even ones; refuse rather than change the size
+            self.abort()
+            raise ValueError(f"{self.path}: video frames must have an even height and width to be written "
+                             f"(got {frame.shape[0]}×{frame.shape[1]}); store odd sizes as frame folders")
+        if self._writer is None:
+            self._start(*frame.shape[:2])
+        self._writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish the file and move it into place (an error if no frame was written)."""
+        if self._writer is None:
+            raise ValueError(f"{self.path}: no frames to write")
+        self._writer.release()
+        self._writer = None
+        try:
+            with open(self._tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._tmp = None
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file; ``path`` is left untouched."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        self._tmp = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, fourcc: str = "MJPG",
                 pad_odd: bool = False) -> Path:
     """Write N×H×W×3 uint8 RGB frames (or N×H×W gray) atomically: temporary name, then rename.
@@ -217,40 +343,21 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
     MJPG in ``.avi`` is available in every OpenCV build; ``mp4v`` in ``.mp4`` works with the FFMPEG backend.
     Height and width must be even (OpenCV's writers would crop odd sizes silently): odd sizes raise
     ``ValueError``, or with ``pad_odd=True`` (e.g. for overlay videos) get one replicated row/column added.
+    :class:`VideoWriter` writes frame by frame, for videos that should not be held in memory.
     """
-    cv2 = _cv2()
     path = Path(path)
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = np.repeat(frames[..., None], 3, axis=3)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"write_video expects N×H×W×3 uint8 frames, got {frames.shape} {frames.dtype}")
-    if pad_odd and (frames.shape[1] % 2 or frames.shape[2] % 2):
-        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        # OpenCV's FFMPEG writers silently crop odd sizes to even ones; refuse rather than change the size
+    if not pad_odd and (frames.shape[1] % 2 or frames.shape[2] % 2):
+        # checked before any file is created
         raise ValueError(f"{path}: video frames must have an even height and width to be written "
                          f"(got {frames.shape[1]}×{frames.shape[2]}); store odd sizes as frame folders")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        h, w = frames.shape[1:3]
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), float(fps), (int(w), int(h)))
-        if not writer.isOpened():
-            raise DataError(f"{path}: this OpenCV build cannot write {fourcc!r} video into {path.suffix!r} files")
-        try:
-            for frame in frames:
-                writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
-        finally:
-            writer.release()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with VideoWriter(path, fps=fps, fourcc=fourcc, pad_odd=pad_odd) as writer:
+        for frame in frames:
+            writer.write(frame)
     return path
 
 

@@ -122,12 +122,14 @@ def download(name: str, dest: str | os.PathLike | None = None, timeout: float = 
     entry = entries[name]
     folder = Path(dest) if dest is not None else default_dest()
     target = folder / name
+    damaged = ""  # why a copy already at target is not used
     if target.is_file():
         try:
             verify(target, name)
             return target
-        except CheckpointError:
-            pass  # a stale or damaged copy: download again (replaced atomically)
+        except CheckpointError:  # a stale or damaged copy: download again (replaced atomically)
+            damaged = (f"; the file already at {target} does not verify (git blob {file_hashes(target)['git_blob']}, "
+                       f"expected {entry.git_blob}): replace it")
     try:
         with urllib.request.urlopen(entry.url, timeout=timeout) as resp:
             size = int(resp.headers.get("Content-Length") or 0)
@@ -149,8 +151,10 @@ def download(name: str, dest: str | os.PathLike | None = None, timeout: float = 
                                           f"{got['git_blob']}, expected {entry.git_blob}); nothing was written")
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"could not download {name} from {entry.url} ({reason}); offline, fetch it elsewhere and "
-                        f"place it at {target} (then `tinyhd weights verify {target}`)") from exc
+        where = f"place it at {target}" if folder.is_dir() else f"create the folder {folder} and place it at {target}"
+        use = "" if dest is None else f"; pass that path to --checkpoint (only {default_dest()} is searched by name)"
+        raise UserError(f"could not download {name} from {entry.url} ({reason}); offline, fetch it elsewhere, "
+                        f"{where} (then `tinyhd weights verify {target}`){use}{damaged}") from exc
     return target
 
 
@@ -160,7 +164,9 @@ def cli_main(argv: list[str]) -> int:
     sub.add_parser("list", help="the released checkpoints")
     p_dl = sub.add_parser("download", help="download and verify one released checkpoint")
     p_dl.add_argument("name")
-    p_dl.add_argument("--dest", default=None, help=f"folder (default {default_dest()})")
+    p_dl.add_argument("--dest", default=None,
+                      help=f"folder (default {default_dest()}, where predict/evaluate find a release by its name; "
+                           f"a copy elsewhere is used by passing its path)")
     p_v = sub.add_parser("verify", help="check that a file is one of the released checkpoints")
     p_v.add_argument("file")
     p_v.add_argument("--name", default=None, help="the file it should be")
