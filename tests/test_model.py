@@ -187,6 +187,7 @@ def test_clip_length_is_checked(output: str, t: int, ok: bool) -> None:
             model(clip)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # tracing is the point
 def test_clip_length_check_survives_tracing_and_the_fast_model() -> None:
     from tinyhd.fast import optimize_for_inference
 
