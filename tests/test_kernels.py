@@ -295,3 +295,29 @@ def test_kernels_build_and_match_without_avx512(monkeypatch):
     key = k.build_key()
     built = list((k.cache_dir() / "kernels" / key).glob("*.so"))
     assert built, f"the subprocess did not build the x86-64-v3 kernels (no library under kernels/{key})"
+
+
+def test_a_second_checkout_reuses_the_built_kernels(kernels, tmp_path):
+    """Two checkouts of the same source (a clone, a git worktree) sharing the cache load one build: the library
+    is not rebuilt (~30 s) each time the other checkout was used last, as it was when ninja built from the
+    checkout's own source path."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tinyhd import kernels as k
+
+    built = list((k.cache_dir() / "kernels" / k.build_key()).glob("*.so"))
+    assert built, "the kernels fixture built no library"
+    before = built[0].stat().st_mtime_ns
+    other = tmp_path / "other checkout"
+    shutil.copytree(Path(k.__file__).resolve().parent, other / "tinyhd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import tinyhd.kernels as k, pathlib, sys; "
+            f"assert pathlib.Path(k.__file__).resolve().is_relative_to({str(other)!r}), k.__file__; "
+            "sys.exit(0 if k.cpu_kernels() is not None else 3)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=other, env={**os.environ, "PYTHONPATH": str(other)},
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert built[0].stat().st_mtime_ns == before, "the other checkout rebuilt the kernels"

@@ -61,6 +61,19 @@ def build_key() -> str:
     return h.hexdigest()[:16]
 
 
+def _build_copy(build_dir: Path) -> Path:
+    """The source, copied into its build folder once, to build from. ninja's build file records the source's
+    path: built from ``SOURCE`` itself, two checkouts of the same code (a clone, a git worktree) sharing the
+    cache would each rebuild the library (~30 s) whenever the other had used it last. The key covers the
+    source's bytes, so the copy never needs refreshing; it is written atomically (racing processes)."""
+    copy = build_dir / SOURCE.name
+    if not copy.is_file():
+        tmp = build_dir / f".{SOURCE.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(SOURCE.read_bytes())
+        os.replace(tmp, copy)
+    return copy
+
+
 def unavailable_reason() -> str | None:
     """Why the kernels cannot be used here (None when :func:`cpu_kernels` returned a module)."""
     cpu_kernels()
@@ -96,9 +109,10 @@ def cpu_kernels(verbose: bool = False) -> ModuleType | None:
             if not list(build_dir.glob(f"{name}*.so")):
                 print(f"tinyhd: building the fused CPU kernels once (~30 s) in {build_dir}", file=sys.stderr)
             try:
+                source = _build_copy(build_dir)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "no CUDA runtime found" etc.: irrelevant for a CPU build
-                    module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=cflags(), extra_ldflags=["-fopenmp"],
+                    module = cpp_extension.load(name, [str(source)], extra_cflags=cflags(), extra_ldflags=["-fopenmp"],
                                                 build_directory=str(build_dir), verbose=verbose)
             except Exception as exc:  # no compiler / ninja, or a failed build: keep the oneDNN path
                 lines = str(exc).strip().splitlines() or [type(exc).__name__]
