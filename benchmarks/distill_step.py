@@ -60,6 +60,9 @@ any BatchNorm's second pass or any compute-bound convolution. The step runs at 1
 1.2 s would mean running within ~1.4× of it everywhere. What would get there is fewer tensors: the IRBs'
 batch-statistics BatchNorms fused into the neighbouring convolutions (a training-mode fused IRB), or a GPU.
 
+Latest run (2026-11-22, ``--size 192x256 --videos 1 --repeats 3``, machine otherwise idle): cached 1.63 s, on
+the fly 10.9 s (9.3 s of it HD2S) → **6.7×** per step, 1,036× for the teacher maps alone.
+
 Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, max 0.0020, CC 0.9998 at
 192×256; mean 0.0009, max 0.0020, CC 1.0000 at 64×96 (2026-11-22; the 0.0017 and CC 0.80–0.83 at 64×96 noted
 here earlier did not reproduce with the current reduced teacher).
