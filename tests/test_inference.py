@@ -291,6 +291,21 @@ def _whole_video_reference(model, video, output, batch_size, first_frames="pad")
     return np.stack([maps[f] for f in range(len(video))])
 
 
+def _record_frames_held(monkeypatch) -> list[int]:
+    """The number of decoded frames the stream holds after each load, recorded as iter_raw_maps runs."""
+    from tinyhd import inference
+
+    peak: list[int] = []
+
+    class Recording(inference._FrameSource):
+        def load_until(self, *args):
+            super().load_until(*args)
+            peak.append(len(self.rgb))
+
+    monkeypatch.setattr(inference, "_FrameSource", Recording)
+    return peak
+
+
 @pytest.mark.parametrize("output,n,batch_size,first_frames", [("multi", 69, 2, "pad"), ("single", 40, 4, "reverse")])
 def test_streamed_maps_equal_the_whole_video_path_with_bounded_memory(tmp_path, monkeypatch, output, n, batch_size,
                                                                       first_frames):
@@ -303,14 +318,7 @@ def test_streamed_maps_equal_the_whole_video_path_with_bounded_memory(tmp_path, 
     path = write_video(tmp_path / "v.avi", rng.integers(0, 256, (n, 40, 56, 3), dtype=np.uint8), fourcc="MJPG")
     video = read_video(path)
 
-    peak = []
-
-    class Recording(inference._FrameSource):
-        def load_until(self, *args):
-            super().load_until(*args)
-            peak.append(len(self.rgb))
-
-    monkeypatch.setattr(inference, "_FrameSource", Recording)
+    peak = _record_frames_held(monkeypatch)
     streamed = list(inference.iter_raw_maps(model, path, batch_size=batch_size, first_frames=first_frames,
                                             progress=False))
     assert [f for f, _, _ in streamed] == list(range(n))  # frame order
@@ -341,14 +349,7 @@ def test_stream_of_a_frame_subset_keeps_only_the_frames_its_windows_need(tmp_pat
 
     for k in range(80):
         write_image(tmp_path / "f" / f"{k:04d}.png", np.full((32, 32, 3), 3 * k, np.uint8))
-    peak = []
-
-    class Recording(inference._FrameSource):
-        def load_until(self, *args):
-            super().load_until(*args)
-            peak.append(len(self.rgb))
-
-    monkeypatch.setattr(inference, "_FrameSource", Recording)
+    peak = _record_frames_held(monkeypatch)
     got = list(inference.iter_raw_maps(FrameEcho("single"), tmp_path / "f", frames=[3, 79], batch_size=1,
                                        progress=False))
     assert [f for f, _, _ in got] == [3, 79] and [_frame_of(m.mean()) for _, m, _ in got] == [3, 79]

@@ -25,6 +25,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """A ``--size`` value: ``"192x256"`` or ``"192×256"`` (either sign, any case) -> (192, 256). Commands check
+    their own constraints on the numbers."""
+    try:
+        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise UserError(f"--size must look like HxW or H×W (e.g. 192x256), not {text!r}") from None
+    return h, w
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: tinyhd COMMAND [ARGS...]   (tinyhd COMMAND --help for its options)", "", "commands:"]

@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from tinyhd.cli import parse_size
 from tinyhd.errors import UserError
 
 __all__ = [
@@ -371,10 +372,7 @@ def complexity_table(names: Iterable[str] | None = None,
 # the command line
 # --------------------------------------------------------------------------------------------------
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must be HxW, e.g. 192x256, got {text!r}") from None
+    h, w = parse_size(text)
     if h < 32 or w < 32 or h % 32 or w % 32:
         raise UserError(f"--size {text}: TinyHD needs H and W that are positive multiples of 32")
     return h, w

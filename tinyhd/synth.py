@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tinyhd.cli import parse_size
 from tinyhd.errors import UserError
 from tinyhd.paths import atomic_write_text
 
@@ -505,11 +506,7 @@ def ensure_synthetic(kind: str = "dhf1k", videos: int | None = None, frames: int
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must look like HxW (e.g. 96x128), not {text!r}") from None
-    return _check_size((h, w))
+    return _check_size(parse_size(text))
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from tinyhd.cli import parse_size as _parse_size  # noqa: F401  (--size; the tests reach it here)
 from tinyhd.errors import DataError, UserError
 from tinyhd.paths import atomic_directory, atomic_open, atomic_write_text, cache_dir
 
@@ -630,15 +631,6 @@ def ensure_reduced_teacher(data_root: str | os.PathLike | None = None, aux_root:
 
 
 # -- command line ----------------------------------------------------------------------------------------------
-
-def _parse_size(text: str) -> tuple[int, int]:
-    """``"192x256"`` or ``"192×256"`` (either sign, any case) -> (192, 256)."""
-    try:
-        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise UserError(f"--size must look like HxW or H×W (e.g. 192x256), not {text!r}") from None
-    return h, w
-
 
 def cli_main(argv: list[str]) -> int:
     """``tinyhd cache-teacher CHECKPOINT DATA_ROOT --out DIR [--dataset dhf1k|kinetics] [--size 192x256] …``."""
