@@ -39,9 +39,8 @@
 data_root = None          # DHF1K-layout root; None: the synthetic set (tinyhd.synth.ensure_synthetic("dhf1k"))
 split = "val"             # the split whose frames are compared (Fig. 1: DHF1K val)
 prediction_dirs = None    # e.g. {"TASED": ".../tased", "ViNet": ".../vinet", "HD2S": ".../hd2s"}: <dir>/<video>/0001.png
-every = 4                 # use every 4th frame of each video. Memory: every map is held in RAM as float32 at its
-                          # native size; on DHF1K val (~58k frames of 360×640) every 4 means ~14.6k maps, ~13 GB
-                          # per model (~55 GB for three models + GT); use every 40 at full scale (~1.3 GB each)
+every = 4                 # use every 4th frame of each video (full scale reads one video at a time: memory is
+                          # one video's maps, whatever the split's size; every=1 compares all ~58k DHF1K val frames)
 size = (32, 64)           # H×W of the reduced-scale models (multiples of 32; notebooks 03–06 use the same)
 teacher_steps = 150       # optimiser steps of the reduced HD2S (shared with notebooks 04–06 through the cache)
 student_steps = 40        # Adam steps of each single-decoder TinyHD variant (the runs of notebook 03's Table 3)
@@ -104,8 +103,10 @@ assert out.saliency.shape == (1, 1, *size) and out.conspicuity.shape == (1, 4, *
 # %% [markdown]
 # ## 2. Predictions to compare
 #
-# **Full scale** (`prediction_dirs` set): the released predictions of the models on DHF1K val, read with
-# `tinyhd.similarity.load_prediction_dirs` and aligned with the ground truth.
+# **Full scale** (`prediction_dirs` set): the released predictions of the models on DHF1K val, aligned with the
+# ground truth frame by frame. `tinyhd.similarity.similarity_from_dirs` computes the matrices one video at a time
+# (all of DHF1K val as float32 maps would be ~13 GB per model at every 4th frame); the middle video is read whole
+# with `tinyhd.similarity.load_prediction_dirs` for the pictures and the checks below.
 #
 # **Reduced scale** (default): no DHF1K, no released predictions, no GPU. We compare small models of *different
 # architectures* trained here briefly on the synthetic set (96×128 frames, moving salient objects):
@@ -126,7 +127,7 @@ assert out.saliency.shape == (1, 1, *size) and out.conspicuity.shape == (1, 4, *
 # *structure* of the matrix the paper's argument rests on.
 
 # %%
-from tinyhd.data import SaliencyClipDataset
+from tinyhd.data import SaliencyClipDataset, list_videos
 from tinyhd.synth import centre_bias, ensure_synthetic
 from tinyhd.teacher_cache import ensure_reduced_hd2s
 from tinyhd.training import TrainConfig, config_key, train
@@ -144,8 +145,12 @@ def centre_bias_maps(gt_maps) -> np.ndarray | list[np.ndarray]:
 if prediction_dirs:
     if "centre bias" in prediction_dirs:
         raise ValueError("prediction_dirs: the name 'centre bias' is the baseline's; name the model otherwise")
-    predictions, gt = similarity.load_prediction_dirs(prediction_dirs, data_root, split=split, every=every)
-    scale = f"full scale: the predictions in prediction_dirs, {split} split, {len(gt)} frames"
+    full_mats = similarity.similarity_from_dirs(prediction_dirs, data_root, split=split, every=every,
+                                                baselines={"centre bias": centre_bias})
+    ids = list_videos(data_root, split)
+    predictions, gt = similarity.load_prediction_dirs(prediction_dirs, data_root, split=split, every=every,
+                                                      videos=[ids[len(ids) // 2]])   # for the pictures
+    scale = f"full scale: the predictions in prediction_dirs, {split} split, {full_mats['cc'].attrs['frames']} frames"
 else:
     root = Path(data_root) if data_root is not None else ensure_synthetic("dhf1k", progress=False)
     ds = SaliencyClipDataset(root, split=split, size=None)
@@ -208,7 +213,10 @@ fig.savefig(out_dir / "example_maps.png", dpi=100)
 # symmetric in their arguments). The last row/column is the ground truth: that row is each model's score.
 
 # %%
-mats = {m: similarity.similarity_matrix(predictions, gt, metric=m) for m in ("cc", "sim")}
+if prediction_dirs:       # computed above, over the whole split
+    mats = full_mats
+else:
+    mats = {m: similarity.similarity_matrix(predictions, gt, metric=m) for m in ("cc", "sim")}
 fig, axes = plt.subplots(1, 2, figsize=(16, 7))
 for ax, (m, mat) in zip(axes, mats.items()):
     sns.heatmap(mat.astype(float), annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, square=True, ax=ax,

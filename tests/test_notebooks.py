@@ -240,5 +240,7 @@ def test_similarity_notebook_on_prediction_dirs(tmp_path: Path):
                                cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     summary = (out / "agreement_summary.csv").read_text()
     assert "model vs GT (paper: Table 1a, DHF1K test)" in summary
+    n = sum(len(range(0, len(ds.ground_truth(v).maps), 8)) for v in ds.video_ids)   # the whole split, streamed
+    assert f"val split, {n} frames" in (tmp_path / "01.ipynb").read_text()
     assert "models agree less with each other than with GT" in summary.splitlines()[0]
     assert not (tmp_path / "unused").exists()   # nothing trained on this path

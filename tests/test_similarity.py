@@ -103,3 +103,99 @@ def test_predict_maps_refuses_frames_outside_the_video(indices, message):
     frames = np.zeros((20, 48, 64, 3), np.uint8)
     with pytest.raises(UserError, match=message):
         predict_maps(None, frames, (48, 64), indices)
+
+
+@pytest.fixture(scope="module")
+def four_val_videos(tmp_path_factory):
+    """A DHF1K-layout root whose val split has 4 videos of different lengths, and two models' prediction folders:
+    'exact' (the GT maps, 1-based names) and 'half' (half-size maps, 0-based names: resized on reading)."""
+    import cv2
+
+    from tinyhd.data import SaliencyClipDataset, list_videos
+    from tinyhd.synth import build
+
+    frames = [40 if 17 <= k <= 20 else 4 for k in range(1, 25)]               # val: 017–020, 40 frames each
+    root = build(tmp_path_factory.mktemp("synth4") / "dhf1k", "dhf1k", videos=24, frames=frames, size=(96, 128),
+                 seed=1, progress=False)
+    ids = list_videos(root, "val")
+    assert ids == ["017", "018", "019", "020"]
+    ds = SaliencyClipDataset(root, split="val", size=None)
+    preds = tmp_path_factory.mktemp("preds4")
+    for vid in ids:
+        g = ds.ground_truth(vid).maps
+        _write(preds / "exact" / vid, g, [f"{t + 1:04d}.png" for t in range(len(g))])
+        half = [cv2.resize(np.roll(m, 5, axis=1), (64, 48), interpolation=cv2.INTER_AREA) for m in g]
+        _write(preds / "half" / vid, np.stack(half), [f"{t:04d}.png" for t in range(len(g))])
+    return root, {"exact": preds / "exact", "half": preds / "half"}
+
+
+def _centre(shape):
+    from tinyhd.synth import centre_bias
+
+    return centre_bias(shape)
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_similarity_from_dirs_equals_the_matrix_of_all_frames_at_once(four_val_videos, every):
+    """Streaming over videos gives the same matrices as loading the whole split and calling similarity_matrix
+    (the per-frame mean over all frames, not a mean of per-video means), a baseline included."""
+    from tinyhd.similarity import similarity_from_dirs
+
+    root, dirs = four_val_videos
+    mats = similarity_from_dirs(dirs, root, split="val", every=every, baselines={"centre bias": _centre},
+                                progress=False)
+    preds, g = load_prediction_dirs(dirs, root, split="val", every=every)
+    preds["centre bias"] = np.stack([_centre(m.shape) for m in g])
+    for metric in ("cc", "sim"):
+        want = similarity_matrix(preds, g, metric)
+        got = mats[metric]
+        assert list(got.index) == list(want.index) == ["exact", "half", "centre bias", "ground truth"]
+        np.testing.assert_allclose(got.to_numpy(float), want.to_numpy(float), rtol=1e-12, atol=1e-12)
+    assert mats["cc"].attrs["frames"] == len(g) == 4 * len(range(0, 40, every))
+    assert mats["cc"].loc["exact", "ground truth"] > 0.999
+    assert mats["cc"].loc["half", "ground truth"] < 0.99                   # shifted maps: a real difference
+
+
+def test_similarity_from_dirs_holds_one_video_at_a_time(four_val_videos, monkeypatch):
+    """Peak memory: the streaming matrices allocate less than half of what loading the split does (4 videos)."""
+    import tracemalloc
+
+    from tinyhd import similarity as sim
+
+    root, dirs = four_val_videos
+    sizes = []
+    real = sim._video_maps
+
+    def recording(*args, **kwargs):
+        p, g = real(*args, **kwargs)
+        sizes.append(sum(m.nbytes for m in g) + sum(m.nbytes for v in p.values() for m in v))
+        return p, g
+
+    monkeypatch.setattr(sim, "_video_maps", recording)
+    sim.similarity_from_dirs(dirs, root, split="val", metrics=("cc",), videos=["017"], progress=False)  # imports
+    sizes.clear()
+    tracemalloc.start()
+    try:
+        preds, g = sim.load_prediction_dirs(dirs, root, split="val")
+        sim.similarity_matrix(preds, g, "cc")
+        _, peak_all = tracemalloc.get_traced_memory()
+        del preds, g
+        tracemalloc.reset_peak()
+        sim.similarity_from_dirs(dirs, root, split="val", metrics=("cc",), progress=False)
+        _, peak_stream = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(sizes) == 8                                                 # 4 videos, twice
+    assert peak_stream < 0.5 * peak_all, (peak_stream, peak_all)
+
+
+def test_similarity_from_dirs_refuses_bad_names_and_missing_videos(four_val_videos, tmp_path):
+    from tinyhd.similarity import similarity_from_dirs
+
+    root, dirs = four_val_videos
+    with pytest.raises(UserError, match="'exact' is also a model"):
+        similarity_from_dirs(dirs, root, baselines={"exact": _centre}, progress=False)
+    with pytest.raises(UserError, match="every must be a positive"):
+        similarity_from_dirs(dirs, root, every=0, progress=False)
+    with pytest.raises(DataError, match="no predictions for video"):
+        similarity_from_dirs({"none": tmp_path}, root, progress=False)

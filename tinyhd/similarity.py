@@ -8,13 +8,15 @@ between the three models' predictions on DHF1K val, and of each against the grou
 :func:`similarity_matrix` computes such a matrix for any set of models (arrays of maps, frame-aligned), with the
 benchmark's metrics (:func:`tinyhd.metrics.cc`, :func:`tinyhd.metrics.sim`, both symmetric in their two
 arguments); :func:`load_prediction_dirs` reads folders of predicted PNG maps (e.g. the released TASED/ViNet/HD2S
-predictions on DHF1K val) aligned with a dataset's ground truth.
+predictions on DHF1K val) aligned with a dataset's ground truth, and :func:`similarity_from_dirs` computes the
+matrices from such folders one video at a time (a whole split does not fit in memory).
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -57,8 +59,6 @@ def similarity_matrix(predictions: Mapping[str, np.ndarray | Sequence[np.ndarray
     the model names, then ``"ground truth"``) whose diagonal is 1; frames where the metric is undefined (NaN: a
     constant map) are skipped.
     """
-    import pandas as pd
-
     fn = _metric(metric)
     maps = {name: _as_frames(name, v) for name, v in predictions.items()}
     if gt is not None:
@@ -71,14 +71,32 @@ def similarity_matrix(predictions: Mapping[str, np.ndarray | Sequence[np.ndarray
     if not next(iter(n.values())):
         raise UserError("similarity_matrix got no frames (every set of maps is empty)")
     names = list(maps)
-    out = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
+    sums = _pair_sums(maps, fn)
+    return _to_frame(names, sums)
+
+
+def _pair_sums(maps: Mapping[str, np.ndarray | Sequence[np.ndarray]],
+               fn: Callable[[np.ndarray, np.ndarray], float]) -> dict[tuple[str, str], tuple[float, int]]:
+    """(a, b) -> (sum, count) of the finite per-frame values of ``fn`` over the frames of every pair of sets."""
+    names = list(maps)
+    sums = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             # against the ground truth the GT is the "density" argument, as the benchmark scores a model
             x, y = (maps[a], maps[b]) if b == GROUND_TRUTH or a != GROUND_TRUTH else (maps[b], maps[a])
             vals = np.array([fn(x[t], y[t]) for t in range(len(x))], dtype=np.float64)
-            value = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-            out.loc[a, b] = out.loc[b, a] = value
+            ok = np.isfinite(vals)
+            sums[a, b] = (float(vals[ok].sum()), int(ok.sum()))
+    return sums
+
+
+def _to_frame(names: Sequence[str], sums: Mapping[tuple[str, str], tuple[float, int]]):
+    """The symmetric matrix of mean values (NaN where no frame had a defined value), diagonal 1."""
+    import pandas as pd
+
+    out = pd.DataFrame(np.eye(len(names)), index=list(names), columns=list(names))
+    for (a, b), (total, count) in sums.items():
+        out.loc[a, b] = out.loc[b, a] = total / count if count else float("nan")
     return out
 
 
@@ -130,42 +148,61 @@ def _frame_files(folder: Path, n_frames: int) -> list[Path]:
     return files
 
 
+def _video_maps(prediction_dirs: Mapping[str, str | os.PathLike], ds, vid: str,
+                every: int) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+    """Every ``every``-th GT map of video ``vid`` of ``ds`` and each model's map of the same frames (resized to
+    the GT frame's size where it differs)."""
+    from tinyhd.metrics import imresize
+    from tinyhd.video import read_image
+
+    gt = ds.ground_truth(vid).maps
+    frames = range(0, len(gt), int(every))
+    preds: dict[str, list[np.ndarray]] = {}
+    for name, d in prediction_dirs.items():
+        folder = Path(d).expanduser() / vid
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no predictions for video {vid} of model {name!r}")
+        files = _frame_files(folder, len(gt))
+        maps = preds[name] = []
+        for t in frames:
+            m = read_image(files[t], grayscale=True).astype(np.float32) / 255.0
+            if m.shape != gt[t].shape:
+                m = imresize(m, gt[t].shape).astype(np.float32)
+            maps.append(m)
+    return preds, [gt[t] for t in frames]
+
+
+def _split(data_root, split: str, dataset: str | None, videos: Sequence[str] | None, every: int):
+    from tinyhd.data import SaliencyClipDataset
+
+    if int(every) < 1:
+        raise UserError(f"every must be a positive frame step, got {every!r}")
+    return SaliencyClipDataset(data_root, split=split, dataset=dataset, size=None, videos=videos)
+
+
 def load_prediction_dirs(prediction_dirs: Mapping[str, str | os.PathLike], data_root: str | os.PathLike,
-                         split: str = "val", dataset: str = "dhf1k", videos: Sequence[str] | None = None,
+                         split: str = "val", dataset: str | None = None, videos: Sequence[str] | None = None,
                          every: int = 1) -> tuple[dict[str, np.ndarray | list[np.ndarray]], np.ndarray | list[np.ndarray]]:
     """Predicted maps from folders laid out ``<dir>/<video id>/<frame>.png``, aligned with the GT of
     ``data_root``'s split: one map per annotated frame, numbered from 1 (``0001.png``, as DHF1K results are
-    usually shared) or from 0, or any names in natural order (:func:`_frame_files`).
+    usually shared) or from 0, or any names in natural order (:func:`_frame_files`). ``dataset`` as for
+    :class:`tinyhd.data.SaliencyClipDataset` (None: ROOT's own manifest, else DHF1K's).
 
     Every ``every``-th frame of each video is used. A map whose size differs from its GT frame's is resized to it
     (MATLAB ``imresize``, :func:`tinyhd.metrics.imresize`: what the benchmark does before scoring it). Returns
     (name -> maps, GT maps), float32 in [0, 1] (a resized map may overshoot slightly, as in the benchmark), each
     an N×H×W array, or a list of N H×W arrays when the videos differ in size (:func:`similarity_matrix` takes
-    both).
+    both). Everything is held in memory (float32 at the GT's size: ~0.9 MB per 360×640 frame and model); for
+    the matrices of a whole split use :func:`similarity_from_dirs`, which holds one video at a time.
     """
-    from tinyhd.data import SaliencyClipDataset
-    from tinyhd.metrics import imresize
-    from tinyhd.video import read_image
-
-    if int(every) < 1:
-        raise UserError(f"every must be a positive frame step, got {every!r}")
-    ds = SaliencyClipDataset(data_root, split=split, dataset=dataset, size=None, videos=videos)
+    ds = _split(data_root, split, dataset, videos, every)
     preds: dict[str, list[np.ndarray]] = {name: [] for name in prediction_dirs}
     gts: list[np.ndarray] = []
     for vid in ds.video_ids:
-        gt = ds.ground_truth(vid).maps
-        frames = range(0, len(gt), int(every))
-        gts += [gt[t] for t in frames]
-        for name, d in prediction_dirs.items():
-            folder = Path(d).expanduser() / vid
-            if not folder.is_dir():
-                raise DataError(f"{folder}: no predictions for video {vid} of model {name!r}")
-            files = _frame_files(folder, len(gt))
-            for t in frames:
-                m = read_image(files[t], grayscale=True).astype(np.float32) / 255.0
-                if m.shape != gt[t].shape:
-                    m = imresize(m, gt[t].shape).astype(np.float32)
-                preds[name].append(m)
+        p, g = _video_maps(prediction_dirs, ds, vid, every)
+        gts += g
+        for name in preds:
+            preds[name] += p[name]
     if not gts:
         raise DataError(f"{data_root}: no frames in split {split!r}")
 
@@ -173,6 +210,54 @@ def load_prediction_dirs(prediction_dirs: Mapping[str, str | os.PathLike], data_
         return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
 
     return {k: pack(v) for k, v in preds.items()}, pack(gts)
+
+
+def similarity_from_dirs(prediction_dirs: Mapping[str, str | os.PathLike], data_root: str | os.PathLike,
+                         split: str = "val", dataset: str | None = None, videos: Sequence[str] | None = None,
+                         every: int = 1, metrics: Sequence[str] = ("cc", "sim"),
+                         baselines: Mapping[str, Callable[[tuple[int, int]], np.ndarray]] | None = None,
+                         progress: bool = True) -> dict[str, Any]:
+    """The :func:`similarity_matrix` of folders of predicted maps against each other and the ground truth, for
+    each metric, reading one video at a time (memory: one video's maps, not the split's).
+
+    Arguments as for :func:`load_prediction_dirs`. ``baselines``: name -> a function of a GT frame's (H, W)
+    returning a map of that size (e.g. the centre bias), compared like a model. Returns metric -> matrix; each
+    entry is the same as :func:`similarity_matrix` over all the frames at once (the mean over every frame where
+    the metric is defined); ``matrix.attrs["frames"]`` is the number of frames compared.
+    """
+    from tqdm.auto import tqdm
+
+    fns = {m: _metric(m) for m in metrics}
+    baselines = dict(baselines or {})
+    clash = set(baselines) & (set(prediction_dirs) | {GROUND_TRUTH})
+    if clash:
+        raise UserError(f"baseline name {sorted(clash)[0]!r} is also a model's (or the ground truth's) name")
+    ds = _split(data_root, split, dataset, videos, every)
+    names = [*prediction_dirs, *baselines, GROUND_TRUTH]
+    if len(names) < 2:
+        raise UserError("similarity_from_dirs needs at least one folder of predictions or a baseline")
+    totals = {m: {} for m in metrics}
+    n_frames = 0
+    base_maps: dict[tuple[str, tuple[int, int]], np.ndarray] = {}    # one map per baseline and size
+    bar = tqdm(ds.video_ids, desc="similarity", unit="video", disable=not progress,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    for vid in bar:
+        preds, gt = _video_maps(prediction_dirs, ds, vid, every)
+        for name, fn in baselines.items():
+            preds[name] = [base_maps.setdefault((name, g.shape), np.asarray(fn(g.shape), dtype=np.float32))
+                           for g in gt]
+        maps = {**preds, GROUND_TRUTH: gt}
+        n_frames += len(gt)
+        for m, fn in fns.items():
+            for pair, (total, count) in _pair_sums(maps, fn).items():
+                t, c = totals[m].get(pair, (0.0, 0))
+                totals[m][pair] = (t + total, c + count)
+    if not n_frames:
+        raise DataError(f"{data_root}: no frames in split {split!r}")
+    mats = {m: _to_frame(names, totals[m]) for m in metrics}
+    for mat in mats.values():
+        mat.attrs["frames"] = n_frames
+    return mats
 
 
 def predict_maps(model, frames: np.ndarray, size: Sequence[int], indices: Sequence[int] | None = None,
