@@ -6,7 +6,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TINYHD_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
+# the pinned numpy/pandas/matplotlib/ipykernel wheels need Python >= 3.11
 if [ ! -x "$VENV/bin/python" ]; then
+  if ! command -v "$PY" > /dev/null; then
+    echo "[env] error: no $PY found; the pinned packages need Python >= 3.11: run with PYTHON=/path/to/python3.11" >&2
+    exit 1
+  fi
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "[env] error: $PY is $("$PY" --version 2>&1); the pinned packages need Python >= 3.11:" \
+         "run with PYTHON=/path/to/python3.11 (or newer)" >&2
+    exit 1
+  fi
   echo "[env] creating $VENV with $($PY --version 2>&1)"
   "$PY" -m venv "$VENV"
 fi

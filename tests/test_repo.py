@@ -181,3 +181,20 @@ def test_plain_pytest_nbval_lax_collects_the_notebooks():
                   if line.split("::")[0].endswith(".ipynb")}
     assert with_nbval == notebooks
     assert not [line for line in collected() if ".ipynb" in line]
+
+
+def test_env_script_refuses_python_older_than_the_pins_need(tmp_path: Path):
+    """scripts/env.sh (both README commands) stops with a clear message, before creating the venv, when the
+    interpreter is older than 3.11 (the pinned numpy 2.4 / pandas 3.1 / matplotlib 3.11 have no 3.10 wheels)."""
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "Python 3.10.12"; exit 0; fi\n'
+                    'exec python3 -c "import sys; sys.exit(1)"\n')
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    for py, says in ((str(fake), "is Python 3.10.12"), (str(tmp_path / "nope"), "no ")):
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "env.sh")], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin", "PYTHON": py, "TINYHD_VENV": str(venv)})
+        assert r.returncode == 1 and says in r.stderr and "Python >= 3.11" in r.stderr, r.stderr
+        assert not venv.exists()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.11"' in pyproject
