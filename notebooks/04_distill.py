@@ -57,6 +57,8 @@ batch_size = None          # None → 2 on the synthetic set, 12 (paper) with da
 size = None                # None → (32, 64) on the synthetic set, (192, 256) (paper) with data_root
 max_steps = "auto"         # "auto" → 40 optimizer steps per row on the synthetic set, no limit with data_root
 optimizer = "auto"         # "auto" → "adam" on the synthetic set, the paper's "sgd" with data_root (both lr 0.01)
+max_aux_videos = "auto"    # "auto" → 4 on the synthetic set, every auxiliary video with data_root; N: the first N
+                           # (a Kinetics-400 subset cached by `tinyhd cache-teacher --max-videos N`)
 device = "cpu"             # "cuda" for the full recipe
 seed = 0
 num_threads = 1            # CPU threads per process (the CI box has 2 cores shared by many jobs)
@@ -87,6 +89,7 @@ scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=ma
                        epochs=epochs, teacher=teacher)   # at full scale: refuses teacher "auto"/"reduced"
 full, size, batch_size, max_steps = scale.full, scale.size, scale.batch_size, scale.max_steps
 optimizer, milestones, epochs, teacher = scale.optimizer, scale.milestones, scale.epochs, scale.teacher
+max_aux_videos = (None if full else 4) if max_aux_videos == "auto" else max_aux_videos
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "04_distill"
 out_dir.mkdir(parents=True, exist_ok=True)
 print(f"scale: {'full' if full else 'reduced'}; size {size}, batch {batch_size}, epochs {epochs}, "
@@ -128,7 +131,7 @@ def distill_config(distill_on: str) -> TrainConfig:
     return TrainConfig(data_root=data_root, aux_root=aux_root, size=size, output="single", epochs=epochs,
                        batch_size=batch_size, max_steps=max_steps, milestones=milestones, optimizer=optimizer,
                        teacher=None if distill_on == "none" else teacher, distill_on=distill_on,
-                       max_aux_videos=None if full else 4, val_videos=None if full else 2,
+                       max_aux_videos=max_aux_videos, val_videos=None if full else 2,
                        val_clips_per_video=5 if full else 2, pretrained_backbone=full, device=device,
                        num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=progress)
 

@@ -47,6 +47,8 @@ batch_size = None          # None → 2 on the synthetic set, 12 (paper) with da
 size = None                # None → (32, 64) on the synthetic set, (192, 256) with data_root
 max_steps = "auto"         # "auto" → 40 steps on the synthetic set (as notebook 04), no limit with data_root
 optimizer = "auto"         # "auto" → "adam" on the synthetic set (as notebook 04), the paper's "sgd" with data_root
+max_aux_videos = "auto"    # "auto" → 4 on the synthetic set, every auxiliary video with data_root; N: the first N
+                           # (a Kinetics-400 subset cached by `tinyhd cache-teacher --max-videos N`)
 device = "cpu"
 seed = 0
 num_threads = 1
@@ -75,6 +77,7 @@ scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=ma
                        epochs=epochs, teacher=teacher)   # at full scale: refuses teacher "auto"/"reduced"
 full, size, batch_size, max_steps = scale.full, scale.size, scale.batch_size, scale.max_steps
 optimizer, milestones, epochs, teacher = scale.optimizer, scale.milestones, scale.epochs, scale.teacher
+max_aux_videos = (None if full else 4) if max_aux_videos == "auto" else max_aux_videos
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "05_miso_vs_mimo"
 out_dir.mkdir(parents=True, exist_ok=True)
 distill_dir = Path(distill_dir) if distill_dir is not None else runs_dir() / "04_distill"
@@ -149,7 +152,7 @@ for name, output in (("TinyHD-S", "single"), ("TinyHD-M", "multi")):
     cfg = TrainConfig(data_root=data_root, aux_root=aux_root, size=size, output=output, epochs=epochs,
                       batch_size=batch_size, max_steps=max_steps, milestones=milestones, teacher=teacher,
                       optimizer=optimizer,
-                      distill_on="all", max_aux_videos=None if full else 4, val_videos=None if full else 2,
+                      distill_on="all", max_aux_videos=max_aux_videos, val_videos=None if full else 2,
                       val_clips_per_video=5 if full else 2, pretrained_backbone=full, device=device,
                       num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=progress)
     configs[name] = cfg

@@ -49,6 +49,8 @@ batch_size = None          # None → 2 on the synthetic set, 12 (paper) with da
 size = None                # None → (32, 64) on the synthetic set, (192, 256) with data_root
 max_steps = "auto"         # "auto" → 40 steps per stage on the synthetic set (as notebook 04); no limit with data_root
 optimizer = "auto"         # "auto" → "adam" on the synthetic set (as notebook 04), the paper's "sgd" with data_root
+max_aux_videos = "auto"    # "auto" → 4 on the synthetic set, every auxiliary video with data_root; N: the first N
+                           # (a Kinetics-400 subset cached by `tinyhd cache-teacher --max-videos N`)
 device = "cpu"
 seed = 0
 num_threads = 1
@@ -77,6 +79,7 @@ scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=ma
 full, size, batch_size, optimizer, milestones = (scale.full, scale.size, scale.batch_size, scale.optimizer,
                                                  scale.milestones)
 epochs, teacher = scale.epochs, scale.teacher
+max_aux_videos = (None if full else 4) if max_aux_videos == "auto" else max_aux_videos
 steps_x1 = steps_reduced = scale.max_steps  # the same budget for the ×1 TA and each reduced stage
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "06_channel_reduction"
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,9 +124,10 @@ print(f"{stem}: {tuple(w_big.shape)} → {tuple(w_half.shape)}; mean of strided 
 # %%
 def config(**kw) -> TrainConfig:
     base = dict(data_root=data_root, aux_root=aux_root, size=size, output=output, epochs=epochs,
-                batch_size=batch_size, milestones=milestones, optimizer=optimizer, distill_on="all", max_aux_videos=None if full else 4,
-                val_videos=None if full else 2, val_clips_per_video=5 if full else 2, device=device,
-                num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=progress)
+                batch_size=batch_size, milestones=milestones, optimizer=optimizer, distill_on="all",
+                max_aux_videos=max_aux_videos, val_videos=None if full else 2, val_clips_per_video=5 if full else 2,
+                device=device, num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20,
+                progress=progress)
     return TrainConfig(**{**base, **kw})
 
 

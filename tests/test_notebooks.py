@@ -148,6 +148,16 @@ def test_distillation_notebooks_need_a_teacher_at_full_scale(nb: Path, tmp_path:
     assert (reduced["epochs"], reduced["teacher"], reduced["full"]) == (10, "reduced", False)
 
 
+@pytest.mark.parametrize("nb", DISTILL, ids=lambda p: p.stem)
+def test_distillation_notebooks_take_a_kinetics_subset(nb: Path, tmp_path: Path):
+    """max_aux_videos: all auxiliary videos at full scale, 4 at reduced scale, N when given (a Kinetics-400
+    subset cached with `tinyhd cache-teacher --max-videos N`, which the trainer would otherwise refuse)."""
+    full = dict(data_root=str(tmp_path / "DHF1K"), teacher="cache:/c")
+    assert _setup(nb, tmp_path, **full)["max_aux_videos"] is None
+    assert _setup(nb, tmp_path, **full, max_aux_videos=500)["max_aux_videos"] == 500
+    assert _setup(nb, tmp_path)["max_aux_videos"] == 4
+
+
 @pytest.mark.parametrize("nb", DISTILL[1:], ids=lambda p: p.stem)
 def test_shared_distillation_runs_follow_distill_dir(nb: Path, tmp_path: Path):
     """05/06 reuse notebook 04's "+ AD" run from distill_dir (04's out_dir), not from the repository's runs/."""
