@@ -63,9 +63,13 @@ batch-statistics BatchNorms fused into the neighbouring convolutions (a training
 Latest run (2026-11-22, ``--size 192x256 --videos 1 --repeats 3``, machine otherwise idle): cached 1.63 s, on
 the fly 10.9 s (9.3 s of it HD2S) → **6.7×** per step, 1,036× for the teacher maps alone.
 
-Flip by mirroring vs HD2S on the mirrored clip (reduced HD2S): mean |Δ| 0.0009, max 0.0020, CC 0.9998 at
-192×256; mean 0.0009, max 0.0020, CC 1.0000 at 64×96 (2026-11-22; the 0.0017 and CC 0.80–0.83 at 64×96 noted
-here earlier did not reproduce with the current reduced teacher).
+Flip by mirroring vs HD2S on the mirrored clip (the cache's approximation for flipped items): this comparison
+compared unflipped maps with themselves whenever the loader had already flipped the batch's items (both teachers
+then saw flip=False), which is how it printed mean |Δ| 0.0009, max 0.0020, CC 0.9998–1.0000 before
+2026-11-22 (an earlier v1 reduced teacher had flat maps too). Fixed to mirror every item: with the current 64×96
+reduced HD2S, mean |Δ| 0.0219, max 0.8508, CC 0.9088 (``--repeats 1 --warmup 0 --threads 1``, 2026-11-22);
+HD2S run directly on a mirrored 16-frame clip vs its mirrored maps, four reduced teachers: CC 0.76–0.91,
+max |Δ| 0.60–0.74. So mirroring is a coarse approximation for these teachers.
 """
 from __future__ import annotations
 
@@ -193,8 +197,12 @@ def main() -> None:
     for name, (total, teach) in results.items():
         print(f"  teacher {name:>10}: {total * 1000:9.1f} ms/step  (teacher maps {teach * 1000:9.1f} ms)")
     # the cache mirrors maps for flipped clips; how far is that from running HD2S on the mirrored clip?
+    # every item mirrored (an item already flipped by the loader is first un-mirrored: comparing two unflipped
+    # items would compare the cache with itself)
     b = batches[0]
-    mirrored = {**b, "clip": b["clip"].flip(-1), "flip": ~b["flip"].bool()}
+    flipped = b["flip"].bool().view(-1, *[1] * (b["clip"].dim() - 1))
+    plain = torch.where(flipped, b["clip"].flip(-1), b["clip"])
+    mirrored = {**b, "clip": plain.flip(-1), "flip": torch.ones_like(b["flip"], dtype=torch.bool)}
     on = teachers["on the fly"].teacher(mirrored)["final"].float().cpu()
     ca = teachers["cached"].teacher(mirrored)["final"].float().cpu()
     r = torch.corrcoef(torch.stack([on.flatten(), ca.flatten()]))[0, 1]
