@@ -446,3 +446,205 @@ def test_a_file_given_as_the_cache_folder_is_named(tmp_path):
     (tmp_path / "hd2s.pt").write_bytes(b"x")
     with pytest.raises(DataError, match=r"hd2s\.pt: a file, not a teacher cache folder"):
         CachedTeacher(tmp_path / "hd2s.pt")
+
+
+# -- reruns check what each cached map was computed from; other folders are not ours; HD2S_DSL domains ----------
+
+@pytest.fixture(scope="module")
+def root4(tmp_path_factory):
+    from tinyhd.synth import build
+
+    # 4 short videos -> train 001, 002 (5 frames each: one can stand for the other), val 003, test 004 (4 frames;
+    # windows pad with frame 0)
+    return build(tmp_path_factory.mktemp("synth4") / "dhf1k", "dhf1k", videos=4, frames=[5, 5, 4, 4],
+                 size=(48, 64), seed=1, progress=False)
+
+
+def _train_entries(root):
+    from tinyhd.data import SaliencyClipDataset
+
+    return SaliencyClipDataset(root, split="train", size=SIZE).entries
+
+
+def _video(root, vid):
+    return next((root / "video").glob(f"{vid}.*"))
+
+
+def test_a_rerun_on_another_copy_of_the_dataset_recomputes_the_maps_whose_video_changed(tmp_path, hd2s, root4,
+                                                                                      capsys):
+    """A rerun kept ``001.npy`` of the old video and recorded the new video's signature: the cache that
+    verify_sources refused was accepted after one rerun, and training distilled on maps of another video."""
+    import re
+    import shutil
+
+    root, out = shutil.copytree(root4, tmp_path / "data"), tmp_path / "c"
+    build_teacher_cache(hd2s, root, out, size=SIZE, progress=False)
+    maps002 = np.load(out / "002.npy")
+    stamp002 = (out / "002.npy").stat().st_mtime_ns
+    shutil.copyfile(_video(root, "002"), _video(root, "001"))      # another copy: id 001 is now another video
+    with pytest.raises(DataError, match="another copy or version"):
+        CachedTeacher(out).verify_sources(_train_entries(root))
+    capsys.readouterr()
+    build_teacher_cache(hd2s, root, out, size=SIZE, progress=False)
+    new001 = np.load(out / "001.npy")
+    assert new001.shape == maps002.shape                               # the maps of the video now called 001
+    assert np.abs(new001.astype(int) - maps002.astype(int)).max() <= 1
+    err = capsys.readouterr().err
+    assert re.search(r"001\.npy: cached from a video with \d+ bytes, 5 frames, but .*001\.AVI has \d+ bytes .*; "
+                     r"recomputing it", err), err
+    assert "002.npy" not in err and (out / "002.npy").stat().st_mtime_ns == stamp002   # unchanged video: kept
+    CachedTeacher(out).verify_sources(_train_entries(root))            # and its record says so
+    # a map with fewer frames than recorded is recomputed, not re-recorded
+    np.save(out / "002.npy", maps002[:3])
+    build_teacher_cache(hd2s, root, out, size=SIZE, progress=False)
+    assert "002.npy: holds 3 frames but sources.json recorded 5; recomputing it" in capsys.readouterr().err
+    assert np.abs(np.load(out / "002.npy").astype(int) - maps002.astype(int)).max() <= 1
+    # a map in the cache without a record is recomputed (nothing says what it was computed from)
+    sources = json.loads((out / "sources.json").read_text())
+    del sources["002"]
+    (out / "sources.json").write_text(json.dumps(sources))
+    np.save(out / "002.npy", np.zeros_like(maps002))
+    build_teacher_cache(hd2s, root, out, size=SIZE, progress=False)
+    assert "002.npy: not recorded in sources.json" in capsys.readouterr().err
+    assert np.abs(np.load(out / "002.npy").astype(int) - maps002.astype(int)).max() <= 1
+    assert set(json.loads((out / "sources.json").read_text())) == {"001", "002"}
+
+
+def test_a_rerun_over_fewer_videos_keeps_the_other_records_and_unrecorded_maps_are_refused(tmp_path, hd2s, root4):
+    """A rerun with a smaller --max-videos rewrote sources.json with its own videos only; verify_sources then
+    skipped the others silently."""
+    import os
+    import shutil
+    import stat
+
+    root, out = shutil.copytree(root4, tmp_path / "data"), tmp_path / "c"
+    umask = os.umask(0o022)
+    try:
+        build_teacher_cache(hd2s, root, out, size=SIZE, progress=False)
+    finally:
+        os.umask(umask)
+    build_teacher_cache(hd2s, root, out, size=SIZE, max_videos=1, progress=False)
+    assert set(json.loads((out / "sources.json").read_text())) == {"001", "002"}
+    assert (out / "complete").read_text() == "2 videos\n"
+    video = _video(root, "002")
+    video.write_bytes(video.read_bytes() + b"\0")                      # another version of 002: still checked
+    with pytest.raises(DataError, match=r"002\.npy: cached from a video with \d+ bytes, 5 frames, but"):
+        CachedTeacher(out).verify_sources(_train_entries(root))
+    # maps the cache's sources.json has no record of are named, not skipped
+    sources = json.loads((out / "sources.json").read_text())
+    del sources["002"]
+    (out / "sources.json").write_text(json.dumps(sources))
+    with pytest.raises(DataError, match=r"sources\.json: no record of what the maps of 1 of the 2 videos to distil "
+                                        r"on were computed from \(first: .*002\.npy, .*--out"):
+        CachedTeacher(out).verify_sources(_train_entries(root))
+    for name in ("001.npy", "meta.json"):       # written under umask 022: readable by the lab, not mkstemp's 0600
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def test_a_folder_that_is_not_a_teacher_cache_is_refused_and_left_alone(tmp_path, hd2s, data_root):
+    """``--out`` naming a folder of other files: its ``001.npy`` was taken for a damaged map and replaced."""
+    import re
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "001.npy").write_bytes(b"someone's array")
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(out))}: not empty and not a teacher cache \(no meta\.json\)"
+                                        r"; it holds 001\.npy, notes\.txt"):
+        build_teacher_cache(hd2s, data_root, out, size=SIZE, progress=False)
+    (out / "meta.json").write_text(json.dumps({"format": "someone-else/2"}))
+    with pytest.raises(UserError, match=r"meta\.json: not a teacher cache's \(format 'someone-else/2'"):
+        build_teacher_cache(hd2s, data_root, out, size=SIZE, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["001.npy", "meta.json", "notes.txt"]
+    assert (out / "001.npy").read_bytes() == b"someone's array"
+
+
+@pytest.fixture(scope="module")
+def dsl():
+    from tinyhd.teacher import HD2S_DSL
+
+    torch.manual_seed(0)
+    model = HD2S_DSL()
+    with torch.no_grad():  # as for hd2s, and per-domain fusions far apart so the domains' maps differ clearly
+        for name, m in model.named_modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+                m.running_var.uniform_(0.05, 0.2)
+                m.bias.normal_(0.0, 0.5)
+        for d in model.domains:
+            getattr(model, f"last_block__{d.lower()}")[0].weight.normal_(0.0, 3.0)
+    return model.eval()
+
+
+def test_an_hd2s_dsl_cache_runs_in_the_domain_named(tmp_path, dsl, hd2s, data_root, monkeypatch):
+    """``model(clips)`` ran every HD2S_DSL in its first domain, whatever the data."""
+    import re
+
+    import tinyhd.fast
+    from tinyhd.preprocess import preprocess, student_to_teacher_input
+    from tinyhd.video import read_video
+
+    out = tmp_path / "c"
+    with pytest.raises(UserError, match="an HD2S_DSL with domains DHF1K, Hollywood, UCFSports; name the one to "
+                                        "cache with --domain"):
+        build_teacher_cache(dsl, data_root, out, size=SIZE, splits=("val",), progress=False)
+    with pytest.raises(UserError, match="unknown domain 'Kinetics'; this HD2S_DSL has DHF1K, Hollywood, UCFSports"):
+        build_teacher_cache(dsl, data_root, out, size=SIZE, splits=("val",), domain="Kinetics", progress=False)
+    with pytest.raises(UserError, match="HD2S has no domains, but domain 'DHF1K' was given"):
+        build_teacher_cache(hd2s, data_root, out, size=SIZE, splits=("val",), domain="DHF1K", progress=False)
+    assert not out.exists()
+    build_teacher_cache(dsl, data_root, out, size=SIZE, splits=("val",), domain="hollywood", progress=False)
+    assert json.loads((out / "meta.json").read_text())["domain"] == "Hollywood"
+    # frame 16's maps are the Hollywood model's on frames 1..16, not the first domain's
+    x = student_to_teacher_input(preprocess(read_video(_video(data_root, "002")), SIZE))[:, 1:17]  # 3×16×H×W
+    with torch.no_grad():
+        want = {d: dsl(x.unsqueeze(0), d).saliency[0, 0] for d in ("Hollywood", "DHF1K")}
+    got = CachedTeacher(out)({"video": ["002"], "frame_index": torch.tensor([[16]])})["final"][0, 0]
+    assert (got - want["Hollywood"]).abs().max() <= TOL
+    assert (want["DHF1K"] - want["Hollywood"]).abs().max() > 0.05    # the comparison tells the domains apart
+    with pytest.raises(UserError, match=r"different model, domain .*domain='Hollywood'"):
+        build_teacher_cache(dsl, data_root, out, size=SIZE, splits=("val",), domain="DHF1K", progress=False)
+    # the command line: --domain required for a DSL checkpoint, named in the error with the checkpoint
+    monkeypatch.setattr(tinyhd.fast, "keep_freed_memory", lambda: True)
+    ckpt = tmp_path / "dsl.pt"
+    save_hd2s(dsl, ckpt)
+    args = [str(ckpt), str(data_root), "--size", "32x64", "--splits", "val", "--device", "cpu"]
+    with pytest.raises(UserError, match=rf"^{re.escape(str(ckpt))}: an HD2S_DSL with domains DHF1K, Hollywood"):
+        cli_main(args + ["--out", str(tmp_path / "d")])
+    stamp = (out / "002.npy").stat().st_mtime_ns
+    assert cli_main(args + ["--out", str(out), "--domain", "HOLLYWOOD"]) == 0
+    assert (out / "002.npy").stat().st_mtime_ns == stamp             # same weights and domain: resumed
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    """``atomic_open`` made every file 0600 (mkstemp), ``atomic_directory`` every folder 0700 (mkdtemp)."""
+    import os
+    import stat
+
+    from tinyhd.paths import atomic_directory, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        atomic_write_text(tmp_path / "new.json", "{}")               # and when replacing a file
+        with atomic_directory(tmp_path / "dir") as d:
+            (d / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "dir").stat().st_mode) == 0o777 & ~umask
+
+
+def test_current_umask_is_read_without_changing_it(monkeypatch, tmp_path):
+    import os
+
+    import tinyhd.paths as paths
+
+    old = os.umask(0o027)
+    try:
+        assert paths.current_umask() == 0o027                          # from /proc/self/status
+        monkeypatch.setattr(paths, "_PROC_STATUS", str(tmp_path / "absent"))
+        assert paths.current_umask() == 0o027                          # elsewhere: set and restored
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)

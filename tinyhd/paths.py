@@ -2,6 +2,8 @@
 
 Nothing half-written may ever look complete: every file is written to a temporary name in the same
 folder, flushed and fsync'ed, then renamed over the final name (``os.replace`` is atomic on POSIX).
+The result gets the permissions a plain ``open``/``mkdir`` would give it (0o666 / 0o777 less the umask), not the
+private 0o600 / 0o700 of :mod:`tempfile`: caches and checkpoints are shared in a lab.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,16 +43,38 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_PROC_STATUS = "/proc/self/status"  # Linux ≥ 4.7 reports the umask there ("Umask:\t0022")
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask. Read from ``/proc/self/status`` where the system has it; elsewhere ``os.umask`` must
+    set one to read it: it sets the private 0o077 for that instant (under a lock), so a file another thread creates
+    meanwhile is at worst too private, never too open."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(_PROC_STATUS) as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
     """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
 
-    If the block raises, the temporary file is removed and ``path`` is left as it was.
+    If the block raises, the temporary file is removed and ``path`` is left as it was. The file gets mode
+    0o666 less the umask, like ``open(path, "w")`` (``mkstemp`` alone makes it 0o600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with contextlib.suppress(OSError):  # a file system without modes keeps its own
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -102,7 +127,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name and rename it to ``path`` only when the block succeeds.
 
     Used for generated datasets and caches: an interrupted build leaves no folder that looks complete.
-    Raises ``FileExistsError`` if ``path`` already exists.
+    Raises ``FileExistsError`` if ``path`` already exists. The folder gets mode 0o777 less the umask, like
+    ``mkdir`` (``mkdtemp`` alone makes it 0o700).
     """
     path = Path(path)
     if path.exists():
@@ -110,6 +136,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         _fsync_dir(tmp)
         os.replace(tmp, path)

@@ -9,10 +9,11 @@ repeat frame 0, exactly like :func:`tinyhd.data.clip_frame_indices` pads clips),
 Layout of a cache folder (one per dataset)::
 
     meta.json            format, dataset (the manifest used), split(s), size, dtype, encoding, model fingerprint,
-                         window rule
+                         HD2S_DSL domain (null for HD2S), window rule
     <video id>.npy       N×5×H×W per video: channel 0 = final map, 1..4 = conspicuity maps (levels 2, 3, 4, 5)
-    sources.json         per video: what it was computed from (file size or frame-file count, frames cached)
-    complete             written last: the cache is finished
+    sources.json         per video: what it was computed from (file size or frame-file count, frames cached);
+                         updated after every video, and merged across runs (a run over fewer videos keeps the others)
+    complete             written last: the cache is finished (the number of videos recorded)
 
 * **Compact.** ``uint8`` (default) stores q = ⌊256·m⌋ clipped to 255 and reads back (q + ½)/256: error ≤ 1/512,
   and read-back maps stay strictly inside (0, 1) as the KL losses want. ``float16`` is also available.
@@ -21,10 +22,14 @@ Layout of a cache folder (one per dataset)::
   HD2S is not exactly mirror-equivariant (its kernels are not symmetric), so this is the usual cheap
   approximation "HD2S(mirrored clip) ≈ mirrored HD2S(clip)"; the authors' wrapper instead runs the teacher on
   the flipped clip (sheet §12). ``benchmarks/distill_step.py`` prints how far apart the two are.
-* **Atomic and resumable.** Every ``.npy`` is written through :func:`tinyhd.paths.atomic_open`; a rerun skips
-  the videos already there (after checking ``meta.json`` matches), so an interrupted build just continues.
-  The inputs are all checked before anything is written, so a failed command leaves the folder free for the
-  corrected one.
+* **Atomic and resumable.** Every ``.npy`` is written through :func:`tinyhd.paths.atomic_open`; a rerun (after
+  checking ``meta.json`` matches) skips the videos already there whose ``sources.json`` record still matches the
+  video (its signature and frame count), and recomputes the others, saying so on stderr: an interrupted build just
+  continues, and a rerun over another copy of the dataset does not keep maps of other videos. The inputs are all
+  checked before anything is written, so a failed command leaves the folder free for the corrected one; an
+  existing non-empty folder that is not a teacher cache is refused (its files are not ours to replace).
+* **One domain.** An ``HD2S_DSL`` has per-domain priors, BatchNorms and fusion: the domain to cache must be named
+  (``--domain``); it is recorded in ``meta.json`` and hashed into the model fingerprint.
 * **Checked when read.** :class:`CachedTeacher` checks each ``.npy`` header once (shape, channels, dtype against
   ``meta.json``) and ``float16`` values on the frames it reads; a damaged file is a ``DataError`` naming it.
 """
@@ -34,6 +39,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
@@ -70,14 +76,40 @@ def decode_maps(stored: np.ndarray) -> torch.Tensor:
     return t.float()
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha1 of the model's state dict (names, shapes and values): a cache belongs to one set of weights."""
+def model_fingerprint(model: torch.nn.Module, domain: str | None = None) -> str:
+    """sha1 of the model's state dict (names, shapes and values) and, for an HD2S_DSL, of the domain it runs in:
+    a cache belongs to one set of weights used one way (None leaves a plain HD2S's fingerprint as it always was)."""
     h = hashlib.sha1()
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(str(tuple(v.shape)).encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    if domain is not None:
+        h.update(f"domain={domain}".encode())
     return h.hexdigest()[:16]
+
+
+def checked_domain(model: torch.nn.Module, domain: str | None, what: str = "teacher model") -> str | None:
+    """The domain an HD2S_DSL is to run in, spelled as in the model (matched ignoring case); None for a model
+    without domains. ``what`` names the model in errors (e.g. the checkpoint's path).
+
+    Its domains differ in their priors, BatchNorms and fusion, so an HD2S_DSL without a domain is refused rather
+    than silently run in its first one; a domain given for a model that has none is refused too."""
+    from tinyhd.teacher import HD2S_DSL
+
+    if not isinstance(model, HD2S_DSL):
+        if domain is not None:
+            raise UserError(f"{what}: {type(model).__name__} has no domains, but domain {domain!r} was given "
+                            f"(only an HD2S_DSL checkpoint takes --domain)")
+        return None
+    domains = list(model.domains)
+    if domain is None:
+        raise UserError(f"{what}: an HD2S_DSL with domains {', '.join(domains)}; name the one to cache with "
+                        f"--domain (its priors, BatchNorms and fusion differ per domain)")
+    match = [d for d in domains if d.lower() == str(domain).lower()]
+    if not match:
+        raise UserError(f"{what}: unknown domain {domain!r}; this HD2S_DSL has {', '.join(domains)}")
+    return match[0]
 
 
 # -- building --------------------------------------------------------------------------------------------------
@@ -114,8 +146,9 @@ def _entries(m: "Manifest", dataset_root: Path, splits: Sequence[str],
 
 
 def _video_maps(model: torch.nn.Module, frames: np.ndarray, size: Sequence[int], batch_size: int,
-                device: torch.device) -> torch.Tensor:
-    """HD2S maps for every frame of a video: N×5×H×W (final, conspicuity 2..5), window ending at each frame."""
+                device: torch.device, domain: str | None = None) -> torch.Tensor:
+    """HD2S maps for every frame of a video: N×5×H×W (final, conspicuity 2..5), window ending at each frame
+    (an HD2S_DSL runs in ``domain``)."""
     from tinyhd.preprocess import preprocess, student_to_teacher_input
     from tinyhd.teacher import window_indices
 
@@ -125,16 +158,17 @@ def _video_maps(model: torch.nn.Module, frames: np.ndarray, size: Sequence[int],
     with torch.inference_mode():
         for i in range(0, len(win), batch_size):
             clips = x[:, win[i:i + batch_size]].permute(1, 0, 2, 3, 4)  # b×3×16×H×W
-            o = model(clips.to(device))
+            o = model(clips.to(device)) if domain is None else model(clips.to(device), domain)
             out.append(torch.cat([o.saliency, o.conspicuity], dim=1).cpu())  # b×5×H×W
     return torch.cat(out)
 
 
-def _meta(dataset: str, splits: Sequence[str], size: Sequence[int], dtype: str, fingerprint: str) -> dict:
+def _meta(dataset: str, splits: Sequence[str], size: Sequence[int], dtype: str, fingerprint: str,
+          domain: str | None = None) -> dict:
     return {"format": FORMAT, "dataset": dataset, "splits": list(splits), "size": [int(size[0]), int(size[1])],
             "dtype": dtype, "encoding": "uint8: (q+0.5)/256" if dtype == "uint8" else "float16",
             "channels": list(CHANNELS), "window": "16 frames ending at each frame; frame 0 repeats before the start",
-            "model": fingerprint}
+            "model": fingerprint, "domain": domain}
 
 
 def _read_json_object(path: Path) -> dict:
@@ -182,29 +216,106 @@ def _meta_is_current(out: Path, meta: dict) -> bool:
     return not diff
 
 
+def _refuse_foreign_folder(out: Path) -> None:
+    """Refuse an existing, non-empty ``out`` that is not a teacher cache (no ``meta.json`` of ours): a
+    ``<video id>.npy`` there would otherwise be taken for a damaged map and replaced."""
+    if not out.is_dir():
+        return
+    contents = sorted(p.name for p in out.iterdir())
+    if not contents:
+        return
+    shown = ", ".join(contents[:5]) + (f", … ({len(contents)} entries)" if len(contents) > 5 else "")
+    meta = out / "meta.json"
+    if not meta.is_file():
+        raise UserError(f"{out}: not empty and not a teacher cache (no meta.json); it holds {shown}. Give a new or "
+                        f"empty folder to --out: files there may be replaced")
+    try:
+        fmt = _read_json_object(meta).get("format")
+    except DataError as exc:
+        others = [n for n in contents if n not in ("meta.json", "complete", SOURCES)]
+        if others:  # with maps, _meta_is_current refuses it too; without, only a bare meta.json may be replaced
+            raise DataError(f"{exc}; the folder also holds {', '.join(others[:5])}: it is not a teacher cache to "
+                            f"resume, use another folder") from None
+        return
+    if fmt != FORMAT:
+        raise UserError(f"{meta}: not a teacher cache's (format {fmt!r}, expected {FORMAT!r}); {out} holds {shown}. "
+                        f"Give a new or empty folder to --out")
+
+
+def _read_sources(path: Path) -> dict[str, dict[str, int]]:
+    """A cache's ``sources.json``: video id -> signature (:func:`source_signature` + ``frames``); a
+    :class:`~tinyhd.errors.DataError` naming the file if it is unreadable or a record is not an object."""
+    records = _read_json_object(path)
+    bad = [k for k, v in records.items() if not isinstance(v, dict)]
+    if bad:
+        raise DataError(f"{path}: the record of video {bad[0]!r} is {records[bad[0]]!r}, expected an object "
+                        f"such as {{\"bytes\": 123, \"frames\": 20}}")
+    return records
+
+
+def _existing_records(out: Path, started: bool) -> tuple[dict[str, dict[str, int]], bool]:
+    """What a resumed cache recorded (``sources.json``) and whether it is a legacy cache (maps, no ``sources.json``:
+    built before it existed). An unreadable ``sources.json`` counts as no record (its maps get recomputed)."""
+    if not started:
+        return {}, False
+    path = out / SOURCES
+    if not path.is_file():
+        return {}, True
+    try:
+        return _read_sources(path), False
+    except DataError as exc:
+        print(f"{exc}: the maps already cached are recomputed", file=sys.stderr)
+        return {}, False
+
+
+def _stale_reason(path: Path, record: Mapping[str, int] | None, source: Path, signature: Mapping[str, int],
+                  size: Sequence[int], dtype: str) -> str | None:
+    """Why a cached ``path`` cannot be kept (None: it can): no record of its source, unreadable or of another
+    shape, fewer/more frames than recorded, or recorded from a video whose signature differs from ``source``'s."""
+    if record is None:
+        return f"not recorded in {SOURCES} (what it was computed from is unknown)"
+    try:
+        n = len(_open_maps(path, size, np.dtype(dtype)))
+    except DataError as exc:
+        return str(exc).removeprefix(f"{path}: ").split("; delete it")[0]
+    if record.get("frames") != n:
+        return f"holds {n} frames but {SOURCES} recorded {record.get('frames')!r}"
+    if any(record.get(k) != v for k, v in signature.items()):
+        return (f"cached from a video with {_describe_signature(record)}, but {source} has "
+                f"{_describe_signature(signature)} (another copy or version of the video)")
+    return None
+
+
 def _start_cache(out: Path, meta: dict) -> None:
-    """Create ``out`` and write its ``meta.json`` (dropping a ``complete`` left by a run that stored no maps)."""
+    """Create ``out`` and write its ``meta.json`` and an empty ``sources.json`` (dropping a ``complete`` left by a
+    run that stored no maps): from the start, every map the cache holds is recorded, or is recomputed."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "complete").unlink(missing_ok=True)
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
+    atomic_write_text(out / SOURCES, json.dumps({}))
 
 
 def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.PathLike, out: str | os.PathLike,
                         dataset: str | None = None, size: Sequence[int] = (192, 256),
                         splits: Sequence[str] = ("train",), dtype: str = "uint8", batch_size: int = 8,
                         device: str | torch.device = "cpu", max_videos: int | None = None,
-                        progress: bool = True) -> Path:
+                        progress: bool = True, domain: str | None = None) -> Path:
     """Run ``teacher_model`` (an HD2S) once over ``splits`` of a dataset and store its maps under ``out``.
 
     ``dataset`` names the manifest (``dhf1k``, ``kinetics``, ...); None means ``dataset_root/manifest.yaml`` if
     the folder has one, else ``dhf1k``. A name that contradicts the folder's own manifest is refused.
-    ``max_videos`` caps the videos taken from each split.
+    ``max_videos`` caps the videos taken from each split. ``domain`` is required for an HD2S_DSL (one of its
+    domains) and refused for other models (:func:`checked_domain`).
 
     Every argument, the folder, the splits and the videos' presence are checked before anything is written; the
     folder and its ``meta.json`` are created when the first map is about to be stored, so a run that fails
-    earlier leaves nothing behind (a ``meta.json`` without any maps, left by older versions, is replaced).
-    Resumable: videos already cached are skipped; a cache built with other settings or weights is refused
-    (a :class:`~tinyhd.errors.UserError` naming the differing field). Returns ``out``.
+    earlier leaves nothing behind (a ``meta.json`` without any maps, left by older versions, is replaced). An
+    existing non-empty ``out`` that is not a teacher cache is refused.
+    Resumable: a video already cached is skipped when its ``sources.json`` record matches the video (signature
+    and frame count) and recomputed otherwise (a note on stderr); the records of videos outside this run are
+    kept. A cache built with other settings, weights or domain is refused (a :class:`~tinyhd.errors.UserError`
+    naming the differing field). A cache from before ``sources.json`` gets its maps recorded as they are (they
+    cannot be checked). Returns ``out``.
     """
     from tqdm.auto import tqdm
 
@@ -227,37 +338,58 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
                         else f"{dataset_root}: not a folder (give the dataset's root folder)")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (the cache output must be a folder)")
+    domain = checked_domain(teacher_model, domain)
+    _refuse_foreign_folder(out)
     m = _manifest(dataset_root, dataset)
     entries = _entries(m, dataset_root, splits, max_videos)
 
     model = teacher_model.to(device).eval()
-    meta = _meta(m.name, splits, size, dtype, model_fingerprint(model))
+    meta = _meta(m.name, splits, size, dtype, model_fingerprint(model, domain), domain)
     started = _meta_is_current(out, meta)
-    sources: dict[str, dict[str, int]] = {}  # video id -> its source's signature and the frames cached
+    # video id -> its source's signature and the frames cached; other runs' videos are kept (merged)
+    sources, legacy = _existing_records(out, started)
+
+    def save_sources() -> None:
+        atomic_write_text(out / SOURCES, json.dumps(sources, indent=0, sort_keys=True))
+
+    if legacy:  # built before sources.json: record the maps there as they are (once, before anything else)
+        for e in entries:
+            path = out / f"{e.id}.npy"
+            if path.is_file():
+                try:
+                    sources[e.id] = {**source_signature(e.source),
+                                     "frames": len(_open_maps(path, size, np.dtype(dtype)))}
+                except DataError:
+                    pass  # unreadable or another shape: unrecorded, recomputed below
+        save_sources()
+        if sources:
+            print(f"{out}: a cache without {SOURCES} (older tinyhd): recorded {len(sources)} cached video(s) as "
+                  f"computed from the videos now in {dataset_root} (this cannot be checked)", file=sys.stderr)
     for e in tqdm(entries, desc=f"teacher maps {m.name}", unit="video", disable=not progress):
         path = out / f"{e.id}.npy"
+        signature = source_signature(e.source)
         if path.is_file():
-            try:
-                sources[e.id] = {**source_signature(e.source),
-                                 "frames": len(_open_maps(path, size, np.dtype(dtype)))}
+            reason = _stale_reason(path, sources.get(e.id), e.source, signature, size, dtype)
+            if reason is None:
                 continue
-            except DataError:
-                pass  # unreadable or another shape: recompute
+            tqdm.write(f"{path}: {reason}; recomputing it", file=sys.stderr)  # on its own line, not the bar's
+            if sources.pop(e.id, None) is not None:
+                save_sources()  # a crash while replacing it must not leave the old record on the new maps
         frames = read_video(e.source)
         if len(frames) == 0:
             raise DataError(f"{e.source}: no frames decode")
-        stored = encode_maps(_video_maps(model, frames, size, batch_size, device), dtype)
-        sources[e.id] = {**source_signature(e.source), "frames": len(stored)}
+        stored = encode_maps(_video_maps(model, frames, size, batch_size, device, domain), dtype)
         if not started:
             _start_cache(out, meta)
             started = True
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, "wb") as fh:
             np.save(fh, stored)
-    if not started:  # every map was there already, but meta.json was not
-        _start_cache(out, meta)
-    atomic_write_text(out / SOURCES, json.dumps(sources, indent=0))
-    atomic_write_text(out / "complete", f"{len(entries)} videos\n")
+        sources[e.id] = {**signature, "frames": len(stored)}
+        save_sources()   # after every video: an interrupted run resumes with every map it stored recorded
+    sources = {k: v for k, v in sources.items() if (out / f"{k}.npy").is_file()}  # drop records of deleted maps
+    save_sources()
+    atomic_write_text(out / "complete", f"{len(sources)} videos\n")
     return out
 
 
@@ -396,11 +528,13 @@ class CachedTeacher:
         self.size: tuple[int, int] | None = None
         self._dtype: dict[str, np.dtype] = {}   # video id -> the dtype its cache's meta.json promises
         self._sources: dict[str, dict[str, int]] = {}   # video id -> what it was cached from (sources.json)
+        self._root: dict[str, Path] = {}        # video id -> the cache folder holding its maps
         self._unrecorded: list[Path] = []       # caches from before sources.json
         for root in roots:
             meta = _cache_meta(root)
+            records = None
             if (root / SOURCES).is_file():
-                self._sources.update(_read_json_object(root / SOURCES))
+                records = _read_sources(root / SOURCES)
             else:
                 self._unrecorded.append(root)
             size = tuple(meta["size"])
@@ -412,7 +546,10 @@ class CachedTeacher:
                 if vid in self.index:
                     raise DataError(f"{self.path}: video id {vid!r} is in two caches ({self.index[vid]} and {f})")
                 self.index[vid] = f
+                self._root[vid] = root
                 self._dtype[vid] = np.dtype(meta["dtype"])
+                if records is not None and vid in records:  # a record counts only in the folder holding the maps
+                    self._sources[vid] = records[vid]
         self._open: dict[str, np.ndarray] = {}
 
     def verify_sources(self, entries: Sequence["VideoEntry"]) -> None:
@@ -420,15 +557,24 @@ class CachedTeacher:
 
         Every video needs maps, and each recorded signature (:func:`source_signature`: file size or frame-file
         count, and the frame count where the manifest has one) must match the video's: maps cached from another
-        copy or version of a dataset whose ids coincide would otherwise be used silently. Caches built before
-        ``sources.json`` existed cannot be checked (a warning says so; rerunning ``tinyhd cache-teacher`` on them
-        adds it without recomputing the maps). Raises :class:`~tinyhd.errors.DataError` naming the video.
+        copy or version of a dataset whose ids coincide would otherwise be used silently. A video whose cache has a
+        ``sources.json`` without a record of it is refused too (nothing says what its maps were computed from).
+        Caches built before ``sources.json`` existed cannot be checked (a warning says so; rerunning ``tinyhd
+        cache-teacher`` on them adds it without recomputing the maps). Raises :class:`~tinyhd.errors.DataError`
+        naming the video.
         """
         missing = [e for e in entries if e.id not in self.index]
         if missing:
             raise DataError(f"{self.path}: no teacher maps for {len(missing)} of the {len(entries)} videos to distil "
                             f"on (first: {missing[0].id}, {missing[0].source}); build the cache over this dataset "
                             f"with `tinyhd cache-teacher`")
+        unrecorded = [e for e in entries if e.id not in self._sources and self._root[e.id] not in self._unrecorded]
+        if unrecorded:
+            e = unrecorded[0]
+            raise DataError(f"{self._root[e.id] / SOURCES}: no record of what the maps of {len(unrecorded)} of the "
+                            f"{len(entries)} videos to distil on were computed from (first: {self.index[e.id]}, for "
+                            f"{e.source}); rerun `tinyhd cache-teacher` over this dataset with --out "
+                            f"{self._root[e.id]} (it recomputes maps it has no record of)")
         for e in entries:
             recorded = self._sources.get(e.id)
             if recorded is None:
@@ -633,13 +779,15 @@ def ensure_reduced_teacher(data_root: str | os.PathLike | None = None, aux_root:
 # -- command line ----------------------------------------------------------------------------------------------
 
 def cli_main(argv: list[str]) -> int:
-    """``tinyhd cache-teacher CHECKPOINT DATA_ROOT --out DIR [--dataset dhf1k|kinetics] [--size 192x256] …``."""
+    """``tinyhd cache-teacher CHECKPOINT DATA_ROOT --out DIR [--dataset dhf1k|kinetics] [--size 192x256]
+    [--domain D] …``."""
     parser = argparse.ArgumentParser(prog="tinyhd cache-teacher", description=(
         "Run an HD2S teacher once over a dataset and store, for every frame, its final and four conspicuity "
         "maps (window of 16 frames ending at the frame) at the student's resolution. Resumes an interrupted run."))
     parser.add_argument("checkpoint", help="HD2S checkpoint: the authors' state dict or one saved by tinyhd")
     parser.add_argument("data_root", help="dataset folder (DHF1K/UCF/Hollywood2 or Kinetics-400 layout)")
-    parser.add_argument("--out", required=True, help="cache folder (created; resumed if it exists)")
+    parser.add_argument("--out", required=True, help=(
+        "cache folder (created; resumed if it is a teacher cache; another non-empty folder is refused)"))
     parser.add_argument("--dataset", default=None, help=(
         "manifest name (dhf1k, ucf, hollywood2, kinetics) or a manifest .yaml; default: DATA_ROOT/manifest.yaml "
         "if the folder has one, else dhf1k; naming a dataset other than the one in that manifest is an error"))
@@ -654,12 +802,16 @@ def cli_main(argv: list[str]) -> int:
         "device HD2S runs on, e.g. cpu, cuda, cuda:1 (default here: %(default)s)"))
     parser.add_argument("--max-videos", type=int, default=None, metavar="N", help=(
         "cache only the first N videos of each split, counted per split (default: all)"))
+    parser.add_argument("--domain", default=None, help=(
+        "for an HD2S_DSL checkpoint (required there, refused otherwise): the domain whose priors, BatchNorms and "
+        "fusion to run, one of the checkpoint's (e.g. DHF1K, Hollywood, UCFSports; any case)"))
     args = parser.parse_args(argv)
     from tinyhd.inference import checked_device
     from tinyhd.teacher import load_hd2s
 
     device = checked_device(args.device)
     model = load_hd2s(args.checkpoint)
+    domain = checked_domain(model, args.domain, what=args.checkpoint)
     if device.type == "cpu":
         from tinyhd.fast import keep_freed_memory
 
@@ -668,6 +820,7 @@ def cli_main(argv: list[str]) -> int:
         keep_freed_memory()
     out = build_teacher_cache(model, args.data_root, args.out, dataset=args.dataset, size=args.size,
                               splits=[s for s in args.splits.split(",") if s], dtype=args.dtype,
-                              batch_size=args.batch_size, device=device, max_videos=args.max_videos)
+                              batch_size=args.batch_size, device=device, max_videos=args.max_videos,
+                              domain=domain)
     print(f"teacher maps cached in {out}")
     return 0
