@@ -11,6 +11,8 @@ Layout of a cache folder (one per dataset)::
     meta.json            format, dataset (the manifest used), split(s), size, dtype, encoding, model fingerprint,
                          HD2S_DSL domain (null for HD2S), window rule
     <video id>.npy       N×5×H×W per video: channel 0 = final map, 1..4 = conspicuity maps (levels 2, 3, 4, 5)
+    <video id>.flip.npy  the same for the horizontally mirrored video (HD2S run on mirrored frames), unless the
+                         cache was built with ``flipped=False`` (``--no-flipped``)
     sources.json         per video: what it was computed from (file size or frame-file count, frames cached);
                          updated after every video, and merged across runs (a run over fewer videos keeps the others)
     complete             written last: the cache is finished (the number of videos recorded)
@@ -18,10 +20,12 @@ Layout of a cache folder (one per dataset)::
 * **Compact.** ``uint8`` (default) stores q = ⌊256·m⌋ clipped to 255 and reads back (q + ½)/256: error ≤ 1/512,
   and read-back maps stay strictly inside (0, 1) as the KL losses want. ``float16`` is also available.
   Files are memory-mapped at read time, so a batch touches only its frames.
-* **Flip.** Maps are stored for the unflipped video; a mirrored clip gets mirrored maps at read time.
-  HD2S is not exactly mirror-equivariant (its kernels are not symmetric), so this is the usual cheap
-  approximation "HD2S(mirrored clip) ≈ mirrored HD2S(clip)"; the authors' wrapper instead runs the teacher on
-  the flipped clip (sheet §12). ``benchmarks/distill_step.py`` prints how far apart the two are.
+* **Flip.** Training flips clips at random (p = ½), and the authors' wrapper runs the teacher on the flipped
+  clip (sheet §12). HD2S is far from mirror-equivariant (its kernels are not symmetric): on the reduced HD2S,
+  mirroring its maps instead of running it on the mirrored clip gives CC 0.76–0.91 with the real thing and
+  differences up to 0.85 (``benchmarks/distill_step.py`` prints it). So by default the cache also stores the
+  maps of the mirrored video (twice the time and space) and a flipped clip reads those: exactly the authors'
+  targets. A cache built with ``flipped=False`` mirrors its maps for flipped clips, with a warning.
 * **Atomic and resumable.** Every ``.npy`` is written through :func:`tinyhd.paths.atomic_open`; a rerun (after
   checking ``meta.json`` matches) skips the videos already there whose ``sources.json`` record still matches the
   video (its signature and frame count), and recomputes the others, saying so on stderr: an interrupted build just
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
     from tinyhd.manifest import Manifest, VideoEntry
 
 FORMAT = "tinyhd-teacher-cache/1"
+FLIP_SUFFIX = ".flip.npy"   # <video id>.flip.npy: the maps of the mirrored video
 CHANNELS = ("final", "conspicuity2", "conspicuity3", "conspicuity4", "conspicuity5")
 
 
@@ -145,14 +150,20 @@ def _entries(m: "Manifest", dataset_root: Path, splits: Sequence[str],
     return out
 
 
+def _flip_path(path: Path) -> Path:
+    """``<video id>.npy`` -> ``<video id>.flip.npy``."""
+    return path.with_name(path.name[:-len(".npy")] + FLIP_SUFFIX)
+
+
 def _video_maps(model: torch.nn.Module, frames: np.ndarray, size: Sequence[int], batch_size: int,
-                device: torch.device, domain: str | None = None) -> torch.Tensor:
+                device: torch.device, domain: str | None = None, mirrored: bool = False) -> torch.Tensor:
     """HD2S maps for every frame of a video: N×5×H×W (final, conspicuity 2..5), window ending at each frame
-    (an HD2S_DSL runs in ``domain``)."""
+    (an HD2S_DSL runs in ``domain``); ``mirrored``: of the horizontally mirrored video, as a flipped clip is."""
     from tinyhd.preprocess import preprocess, student_to_teacher_input
     from tinyhd.teacher import window_indices
 
     x = student_to_teacher_input(preprocess(frames, tuple(size)))     # 3×N×H×W, exactly the clip pipeline
+    x = x.flip(-1) if mirrored else x
     win = window_indices(range(len(frames)))                          # N×16
     out = []
     with torch.inference_mode():
@@ -164,11 +175,11 @@ def _video_maps(model: torch.nn.Module, frames: np.ndarray, size: Sequence[int],
 
 
 def _meta(dataset: str, splits: Sequence[str], size: Sequence[int], dtype: str, fingerprint: str,
-          domain: str | None = None) -> dict:
+          domain: str | None = None, flipped: bool = True) -> dict:
     return {"format": FORMAT, "dataset": dataset, "splits": list(splits), "size": [int(size[0]), int(size[1])],
             "dtype": dtype, "encoding": "uint8: (q+0.5)/256" if dtype == "uint8" else "float16",
             "channels": list(CHANNELS), "window": "16 frames ending at each frame; frame 0 repeats before the start",
-            "model": fingerprint, "domain": domain}
+            "model": fingerprint, "domain": domain, "flipped": bool(flipped)}
 
 
 def _read_json_object(path: Path) -> dict:
@@ -192,6 +203,8 @@ def _same_setting(key: str, old: Any, new: Any) -> bool:
         from tinyhd.manifest import dataset_key
 
         return dataset_key(old) == dataset_key(new)
+    if key == "flipped":   # caches from before mirrored maps existed have no such field: they hold none
+        return bool(old) == bool(new)
     return old == new
 
 
@@ -211,8 +224,10 @@ def _meta_is_current(out: Path, meta: dict) -> bool:
         return False
     diff = [k for k in meta if not _same_setting(k, old.get(k), meta[k])]
     if diff and holds_maps:
+        hint = ("; to resume it, build without the mirrored videos' maps (--no-flipped, flipped=False)"
+                if diff == ["flipped"] and not old.get("flipped") else "")
         raise UserError(f"{out}: holds a teacher cache built with different {', '.join(diff)} "
-                        f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use another folder")
+                        f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use another folder{hint}")
     return not diff
 
 
@@ -269,9 +284,10 @@ def _existing_records(out: Path, started: bool) -> tuple[dict[str, dict[str, int
 
 
 def _stale_reason(path: Path, record: Mapping[str, int] | None, source: Path, signature: Mapping[str, int],
-                  size: Sequence[int], dtype: str) -> str | None:
+                  size: Sequence[int], dtype: str, flipped: bool = False) -> str | None:
     """Why a cached ``path`` cannot be kept (None: it can): no record of its source, unreadable or of another
-    shape, fewer/more frames than recorded, or recorded from a video whose signature differs from ``source``'s."""
+    shape, fewer/more frames than recorded, (``flipped``) no readable mirrored maps of as many frames beside it,
+    or recorded from a video whose signature differs from ``source``'s."""
     if record is None:
         return f"not recorded in {SOURCES} (what it was computed from is unknown)"
     try:
@@ -280,6 +296,16 @@ def _stale_reason(path: Path, record: Mapping[str, int] | None, source: Path, si
         return str(exc).removeprefix(f"{path}: ").split("; delete it")[0]
     if record.get("frames") != n:
         return f"holds {n} frames but {SOURCES} recorded {record.get('frames')!r}"
+    if flipped:
+        fpath = _flip_path(path)
+        if not fpath.is_file():
+            return f"has no maps of the mirrored video ({fpath.name})"
+        try:
+            n_flip = len(_open_maps(fpath, size, np.dtype(dtype)))
+        except DataError as exc:
+            return str(exc).split("; delete it")[0]
+        if n_flip != n:
+            return f"{fpath.name} holds {n_flip} frames, {path.name} {n}"
     if any(record.get(k) != v for k, v in signature.items()):
         return (f"cached from a video with {_describe_signature(record)}, but {source} has "
                 f"{_describe_signature(signature)} (another copy or version of the video)")
@@ -299,8 +325,11 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
                         dataset: str | None = None, size: Sequence[int] = (192, 256),
                         splits: Sequence[str] = ("train",), dtype: str = "uint8", batch_size: int = 8,
                         device: str | torch.device = "cpu", max_videos: int | None = None,
-                        progress: bool = True, domain: str | None = None) -> Path:
+                        progress: bool = True, domain: str | None = None, flipped: bool = True) -> Path:
     """Run ``teacher_model`` (an HD2S) once over ``splits`` of a dataset and store its maps under ``out``.
+
+    ``flipped`` (default): also the maps of each horizontally mirrored video (``<id>.flip.npy``), the exact
+    targets of flipped training clips (twice the time and space); without them flipped clips get mirrored maps.
 
     ``dataset`` names the manifest (``dhf1k``, ``kinetics``, ...); None means ``dataset_root/manifest.yaml`` if
     the folder has one, else ``dhf1k``. A name that contradicts the folder's own manifest is refused.
@@ -344,7 +373,7 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
     entries = _entries(m, dataset_root, splits, max_videos)
 
     model = teacher_model.to(device).eval()
-    meta = _meta(m.name, splits, size, dtype, model_fingerprint(model, domain), domain)
+    meta = _meta(m.name, splits, size, dtype, model_fingerprint(model, domain), domain, flipped)
     started = _meta_is_current(out, meta)
     # video id -> its source's signature and the frames cached; other runs' videos are kept (merged)
     sources, legacy = _existing_records(out, started)
@@ -369,7 +398,7 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
         path = out / f"{e.id}.npy"
         signature = source_signature(e.source)
         if path.is_file():
-            reason = _stale_reason(path, sources.get(e.id), e.source, signature, size, dtype)
+            reason = _stale_reason(path, sources.get(e.id), e.source, signature, size, dtype, flipped)
             if reason is None:
                 continue
             tqdm.write(f"{path}: {reason}; recomputing it", file=sys.stderr)  # on its own line, not the bar's
@@ -383,6 +412,10 @@ def build_teacher_cache(teacher_model: torch.nn.Module, dataset_root: str | os.P
             _start_cache(out, meta)
             started = True
         path.parent.mkdir(parents=True, exist_ok=True)
+        if flipped:   # first: a video counts as cached once its .npy and its record exist
+            mirrored = encode_maps(_video_maps(model, frames, size, batch_size, device, domain, mirrored=True), dtype)
+            with atomic_open(_flip_path(path), "wb") as fh:
+                np.save(fh, mirrored)
         with atomic_open(path, "wb") as fh:
             np.save(fh, stored)
         sources[e.id] = {**signature, "frames": len(stored)}
@@ -506,8 +539,9 @@ class CachedTeacher:
     """The teacher contract from a cache: ``teacher(batch) -> {"final": B×T'×H×W, "conspicuity": B×4×T'×H×W}``.
 
     ``path`` is one cache folder or a folder of them (e.g. ``dhf1k/`` + ``kinetics/``, as
-    :func:`ensure_reduced_teacher` writes); videos are looked up by id across all of them. Flipped items get
-    mirrored maps. Raises :class:`~tinyhd.errors.DataError` naming the file for an unknown video, a frame
+    :func:`ensure_reduced_teacher` writes); videos are looked up by id across all of them. Flipped items get the
+    maps of the mirrored video where the cache has them (built with ``flipped=True``, the default), else the
+    mirrored maps (an approximation; a warning says so once per cache folder). Raises :class:`~tinyhd.errors.DataError` naming the file for an unknown video, a frame
     past the end, an unfinished cache, a size that differs from the batch's, an unreadable ``meta.json``, and a
     ``.npy`` that is truncated or whose shape, channels or dtype differ from ``meta.json`` (checked once, from
     its header, when the file is first opened) or, for ``float16`` caches, whose frames read leave [0, 1].
@@ -530,6 +564,8 @@ class CachedTeacher:
         self._sources: dict[str, dict[str, int]] = {}   # video id -> what it was cached from (sources.json)
         self._root: dict[str, Path] = {}        # video id -> the cache folder holding its maps
         self._unrecorded: list[Path] = []       # caches from before sources.json
+        self._flipped: dict[str, Path] = {}     # video id -> its mirrored video's maps (.flip.npy)
+        self._warned_mirroring: set[Path] = set()
         for root in roots:
             meta = _cache_meta(root)
             records = None
@@ -542,15 +578,19 @@ class CachedTeacher:
                 raise DataError(f"{root}: maps are {size[0]}×{size[1]} but {roots[0]} has {self.size[0]}×{self.size[1]}")
             self.size = size
             for f in root.rglob("*.npy"):
+                if f.name.endswith(FLIP_SUFFIX):
+                    continue
                 vid = f.relative_to(root).with_suffix("").as_posix()
                 if vid in self.index:
                     raise DataError(f"{self.path}: video id {vid!r} is in two caches ({self.index[vid]} and {f})")
                 self.index[vid] = f
                 self._root[vid] = root
                 self._dtype[vid] = np.dtype(meta["dtype"])
+                if meta.get("flipped"):
+                    self._flipped[vid] = _flip_path(f)
                 if records is not None and vid in records:  # a record counts only in the folder holding the maps
                     self._sources[vid] = records[vid]
-        self._open: dict[str, np.ndarray] = {}
+        self._open: dict[tuple[str, bool], np.ndarray] = {}
 
     def verify_sources(self, entries: Sequence["VideoEntry"]) -> None:
         """Check that this cache was built from these videos (the ones a run will distil on), before training.
@@ -595,13 +635,35 @@ class CachedTeacher:
                           f"older tinyhd): cannot check that they were built from this dataset; rerun `tinyhd "
                           f"cache-teacher` on them to record it", stacklevel=2)
 
-    def maps(self, video: str) -> np.ndarray:
-        """The stored N×5×H×W array of a video (memory-mapped; its header is checked when first opened)."""
-        if video not in self._open:
+    def maps(self, video: str, mirrored: bool = False) -> np.ndarray:
+        """The stored N×5×H×W array of a video, or (``mirrored``) of the mirrored video, memory-mapped; its header
+        is checked when first opened."""
+        key = (video, bool(mirrored))
+        if key not in self._open:
             if video not in self.index:
                 raise DataError(f"{self.path}: no teacher maps for video {video!r} (was it cached?)")
-            self._open[video] = _open_maps(self.index[video], self.size, self._dtype[video])
-        return self._open[video]
+            path = self._flipped.get(video) if mirrored else self.index[video]
+            if path is None:
+                raise DataError(f"{self._root[video]}: no maps of the mirrored videos (built with --no-flipped)")
+            if mirrored and not path.is_file():
+                raise DataError(f"{path}: missing (the cache's meta.json says it holds the mirrored videos' maps); "
+                                f"rerun `tinyhd cache-teacher` with --out {self._root[video]} to recompute it")
+            self._open[key] = _open_maps(path, self.size, self._dtype[video])
+            if mirrored and len(self._open[key]) != len(self.maps(video)):
+                raise DataError(f"{path}: holds {len(self._open[key])} frames, {self.index[video].name} "
+                                f"{len(self.maps(video))}; rerun `tinyhd cache-teacher` to recompute it")
+        return self._open[key]
+
+    def _warn_mirroring(self, video: str) -> None:
+        root = self._root[video]
+        if root not in self._warned_mirroring:
+            import warnings
+
+            self._warned_mirroring.add(root)
+            warnings.warn(f"{root}: a teacher cache without the mirrored videos' maps (built with --no-flipped or "
+                          f"by an older tinyhd): flipped clips get its maps mirrored, an approximation of HD2S on "
+                          f"the flipped clip (CC 0.76–0.91 on the reduced HD2S); rebuild it to get exact targets",
+                          stacklevel=3)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         frame_index = torch.as_tensor(batch["frame_index"])
@@ -613,16 +675,21 @@ class CachedTeacher:
                             f"{batch['clip'].shape[-2]}×{batch['clip'].shape[-1]}")
         out = []
         for b in range(B):
-            arr = self.maps(batch["video"][b])
+            video, flip = batch["video"][b], bool(flips[b])
+            exact = flip and video in self._flipped      # the mirrored video's own maps
+            if flip and not exact and video in self.index:
+                self._warn_mirroring(video)
+            arr = self.maps(video, mirrored=exact)
+            path = self._flipped[video] if exact else self.index[video]
             idx = frame_index[b].numpy()
             if idx.max() >= len(arr) or idx.min() < 0:
                 bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
-                raise DataError(f"{self.index[batch['video'][b]]}: frame {bad} asked, {len(arr)} cached")
+                raise DataError(f"{path}: frame {bad} asked, {len(arr)} cached")
             stored = arr[idx]                                          # T'×5×H×W, read from the memory map
             if stored.dtype == np.float16:
-                _check_float16_range(stored, self.index[batch["video"][b]], idx)
+                _check_float16_range(stored, path, idx)
             m = decode_maps(stored)
-            out.append(m.flip(-1) if bool(flips[b]) else m)
+            out.append(m.flip(-1) if flip and not exact else m)
         maps = torch.stack(out)                                        # B×T'×5×H×W
         return {"final": maps[:, :, 0].contiguous(), "conspicuity": maps[:, :, 1:].transpose(1, 2).contiguous()}
 
@@ -764,7 +831,7 @@ def ensure_reduced_teacher(data_root: str | os.PathLike | None = None, aux_root:
     aux_root = Path(aux_root) if aux_root is not None else ensure_synthetic("kinetics", progress=progress)
     ckpt = ensure_reduced_hd2s(data_root, size, steps, batch_size, seed, progress, lr=lr,
                                head_lr_mult=head_lr_mult, recalibrate=recalibrate)
-    key, name = _key_name("cache", size, {"aux": str(aux_root.resolve()), "aux_videos": aux_videos})
+    key, name = _key_name("cache", size, {"aux": str(aux_root.resolve()), "aux_videos": aux_videos, "flipped": True})
 
     def build(tmp: Path) -> None:
         model = load_hd2s(ckpt)  # cache exactly what was saved, BN in eval mode
@@ -802,6 +869,10 @@ def cli_main(argv: list[str]) -> int:
         "device HD2S runs on, e.g. cpu, cuda, cuda:1 (default here: %(default)s)"))
     parser.add_argument("--max-videos", type=int, default=None, metavar="N", help=(
         "cache only the first N videos of each split, counted per split (default: all)"))
+    parser.add_argument("--flipped", action=argparse.BooleanOptionalAction, default=True, help=(
+        "also cache the maps of each horizontally mirrored video, the exact targets of the randomly flipped "
+        "training clips (twice the time and space; default: on). --no-flipped: flipped clips get mirrored maps, "
+        "an approximation"))
     parser.add_argument("--domain", default=None, help=(
         "for an HD2S_DSL checkpoint (required there, refused otherwise): the domain whose priors, BatchNorms and "
         "fusion to run, one of the checkpoint's (e.g. DHF1K, Hollywood, UCFSports; any case)"))
@@ -821,6 +892,6 @@ def cli_main(argv: list[str]) -> int:
     out = build_teacher_cache(model, args.data_root, args.out, dataset=args.dataset, size=args.size,
                               splits=[s for s in args.splits.split(",") if s], dtype=args.dtype,
                               batch_size=args.batch_size, device=device, max_videos=args.max_videos,
-                              domain=domain)
+                              domain=domain, flipped=args.flipped)
     print(f"teacher maps cached in {out}")
     return 0
