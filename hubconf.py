@@ -39,9 +39,17 @@ def _released_name(output: str, reduction: int, dataset: str) -> str:
     return matches[0]
 
 
-def _build(output: str, pretrained: bool, reduction: int, dataset: str, **kwargs):
+def _build(output: str, pretrained: bool, reduction: int, dataset: str, kwargs: dict):
     import tinyhd
 
+    # the entry point fixes the output mode: an ``output`` keyword (a dict here, not **kwargs, whose clash with
+    # the positional ``output`` would be a bare TypeError) may only repeat it
+    kwargs = dict(kwargs)
+    asked = kwargs.pop("output", output)
+    if asked != output:
+        mine, other = ("tinyhd_s", "tinyhd_m") if output == "single" else ("tinyhd_m", "tinyhd_s")
+        raise ValueError(f"{mine} builds TinyHD-{'S' if output == 'single' else 'M'} (output={output!r}); for "
+                         f"output={asked!r} use the {other!r} entry point instead")
     if reduction not in (1, 2, 4):
         raise ValueError(f"reduction must be 1, 2 or 4, got {reduction!r}")
     if not pretrained:
@@ -58,15 +66,15 @@ def tinyhd_s(pretrained: bool = False, reduction: int = 1, dataset: str = "DHF1K
     """TinyHD-S (single output / MISO: the map of a 16-frame clip's last frame). Channel ``reduction`` 1, 2 or 4.
 
     ``pretrained=True`` downloads (once, verified) and loads the authors' released weights; other keyword
-    arguments go to ``tinyhd.TinyHD`` when ``pretrained=False``.
+    arguments go to ``tinyhd.TinyHD`` when ``pretrained=False`` (``output`` is fixed: use ``tinyhd_m`` for MIMO).
     """
-    return _build("single", pretrained, reduction, dataset, **kwargs)
+    return _build("single", pretrained, reduction, dataset, kwargs)
 
 
 def tinyhd_m(pretrained: bool = False, reduction: int = 1, dataset: str = "DHF1K", **kwargs):
     """TinyHD-M (multi output / MIMO: 16 maps for a 16-frame clip). Channel ``reduction`` 1, 2 or 4.
 
     ``pretrained=True`` downloads (once, verified) and loads the authors' released weights; other keyword
-    arguments go to ``tinyhd.TinyHD`` when ``pretrained=False``.
+    arguments go to ``tinyhd.TinyHD`` when ``pretrained=False`` (``output`` is fixed: use ``tinyhd_s`` for MISO).
     """
-    return _build("multi", pretrained, reduction, dataset, **kwargs)
+    return _build("multi", pretrained, reduction, dataset, kwargs)

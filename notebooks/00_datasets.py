@@ -69,7 +69,8 @@ out_dir.mkdir(parents=True, exist_ok=True)
 # The manifests encode these splits. Where the sources disagree we say so: the HD2S paper counts
 # Hollywood2 in *shots* (3,100 / 3,559) and the HD2S repository lists 1,904 training clips, and we have no
 # copy of the frame-folder release to settle it, so the Hollywood2 manifest lists every count, marks them
-# uncertain, and `verify-data` only warns (naming the alternatives) on a copy with another count.
+# uncertain, and `verify-data` only warns (naming the alternatives) on a copy whose count lies between them;
+# fewer videos than the smallest count (a partial copy) is a failure.
 
 # %%
 paper = {("dhf1k", "train"): 600, ("dhf1k", "val"): 100, ("dhf1k", "test"): 300,

@@ -309,3 +309,48 @@ def test_download_offline_messages_name_the_folder_and_a_damaged_copy(tmp_path: 
     assert "create the folder" not in msg and f"the file already at {dest / name} does not verify" in msg
     assert weights.file_hashes(dest / name)["git_blob"] in msg and weights.registry()[name].git_blob in msg
     assert (dest / name).read_bytes() == b"half a download"  # left for the user to inspect
+
+
+def test_a_released_name_loads_its_downloaded_copy_and_never_downloads(tmp_path: Path, monkeypatch) -> None:
+    """After `tinyhd weights download NAME`, load_official_checkpoint(NAME) / load_checkpoint(NAME) use the verified
+    copy in the weights folder, as `tinyhd predict --checkpoint NAME` does; without one, the error says how."""
+    model = randomise(TinyHD(output="multi", reduction=4), seed=5)
+    made = tmp_path / "made.pth"
+    torch.save({"student_model": official_dict(model)}, made)
+    name = "my_release.pth"
+    reg = tmp_path / "weights.yaml"  # a registry listing this file (the real one lists the authors' eight)
+    reg.write_text(f"url_pattern: 'https://example.invalid/{{file}}'\nweights:\n  {name}:\n"
+                   f"    variant: {{output: multi, reduction: 4}}\n    description: test\n    training_set: none\n"
+                   f"    git_blob: {weights.file_hashes(made)['git_blob']}\n    sha256: null\n")
+    real_registry = weights.registry
+    monkeypatch.setattr(weights, "registry", lambda path=None: real_registry(reg if path is None else path))
+    monkeypatch.setattr(weights, "download", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setenv("TINYHD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    for load in (load_official_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError, match=f"not downloaded .*`tinyhd weights download {name}`"):
+            load(name)
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_official_checkpoint("not_released.pth")
+    weights.default_dest().mkdir(parents=True)
+    (weights.default_dest() / name).write_bytes(made.read_bytes())  # as `tinyhd weights download` leaves it
+    for load in (load_official_checkpoint, load_checkpoint):
+        loaded = load(name)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_official_checkpoint(Path("sub") / name)  # a path with folders is taken as it is
+    (weights.default_dest() / name).write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match="does not match the released"):
+        load_official_checkpoint(name)
+
+
+@pytest.mark.official
+def test_the_authors_file_by_its_released_name(official_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    name = "d123m_rc4_rc1T.pth"
+    monkeypatch.setenv("TINYHD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=f"`tinyhd weights download {name}`"):
+        tinyhd.load_official_checkpoint(name)
+    weights.default_dest().mkdir(parents=True)
+    (weights.default_dest() / name).write_bytes((official_dir / name).read_bytes())
+    assert tinyhd.load_official_checkpoint(name).config == load_official_checkpoint(official_dir / name).config

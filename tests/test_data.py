@@ -397,3 +397,46 @@ def test_a_gap_in_the_frame_numbering_is_refused(tree, tmp_path):
                                         r"missing 0005\.png; unexpected 0021\.png"):
         _ds(root, split="train")
     _ds(root, split="val")  # other videos are fine
+
+
+def test_val_resize_then_centre_crop_equals_doing_it_by_hand(tree):
+    """The authors' validation transform: resize to 200×355 (here scaled), then centre-crop to the clip size;
+    clip, maps and fixations alike, fixations landing in the pixel nearest their centre, shifted by the crop."""
+    from torchvision.transforms.functional import center_crop
+
+    from tinyhd.data import VAL_RESIZE, resize_maps, val_resize_for
+    from tinyhd.preprocess import preprocess
+
+    assert VAL_RESIZE == (200, 355) and val_resize_for((192, 256)) == (200, 355)
+    assert val_resize_for((96, 128)) == (100, 178) and val_resize_for(SIZE) == (50, 89)
+    big = (53, 91)  # odd margins (5, 27): the crop's offsets round as torchvision's center_crop does
+    ds = _ds(tree, split="train", output="multi", sampling="uniform", clips_per_video=2, flip=False,
+             val_resize=big)
+    plain = _ds(tree, split="train", output="multi", sampling="uniform", clips_per_video=2, flip=False)
+    assert "val_resize=(53, 91)" in repr(ds)
+    gt = ds.ground_truth("001")  # 20 frames of 58×82
+    for k in range(len(ds)):
+        item = ds[k]
+        fi = item["frame_index"].numpy()
+        assert item["clip"].shape == (3, 16, *SIZE) and item["saliency"].shape == (16, *SIZE)
+        assert torch.equal(item["clip"], center_crop(preprocess(ds.frames("001")[fi], big), list(SIZE)))
+        assert not torch.allclose(item["clip"], plain[k]["clip"])  # not the plain resize to 48×64
+        want = center_crop(resize_maps(torch.from_numpy(gt.maps[fi]), big), list(SIZE))
+        assert torch.allclose(item["saliency"], want, atol=1e-6)
+        # fixations: source pixel (r, c) -> nearest pixel of its centre in 53×91, minus the crop's (2, 14)
+        t, r, c = np.nonzero(gt.fixations[fi])
+        y = np.clip(np.round((r + 0.5) * big[0] / 58 - 0.5), 0, big[0] - 1).astype(int) - 2
+        x = np.clip(np.round((c + 0.5) * big[1] / 82 - 0.5), 0, big[1] - 1).astype(int) - 14
+        inside = (y >= 0) & (y < SIZE[0]) & (x >= 0) & (x < SIZE[1])
+        expected = {(int(a), int(b), int(d)) for a, b, d in zip(t[inside], y[inside], x[inside])}
+        got = {tuple(map(int, p)) for p in torch.nonzero(item["fixation"]).tolist()}
+        assert got == expected and len(got) > 0
+    flipped = _ds(tree, split="train", output="multi", sampling="uniform", clips_per_video=2, flip=True, seed=3,
+                  val_resize=big)
+    k = next(i for i in range(len(flipped)) if bool(flipped[i]["flip"]))  # a flip mirrors the cropped window
+    assert torch.equal(flipped[k]["clip"], ds[k]["clip"].flip(-1))
+    assert torch.equal(flipped[k]["fixation"], ds[k]["fixation"].flip(-1))
+    with pytest.raises(UserError, match=r"val_resize \(40, 91\) must be \(H, W\) at least as large as size"):
+        _ds(tree, split="train", val_resize=(40, 91))
+    with pytest.raises(UserError, match="at least as large as size None"):
+        _ds(tree, split="train", size=None, val_resize=big)

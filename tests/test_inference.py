@@ -251,6 +251,13 @@ def test_hub_entry_points_build_models_without_network():
     assert m.config["output"] == "multi" and m.config["reduction"] == 2 and m.config["decoders"] == ("d3",)
     with pytest.raises(ValueError):
         torch.hub.load(str(REPO), "tinyhd_m", source="local", reduction=3)
+    # the entry point fixes output: the other mode is refused with a pointer, not a bare TypeError
+    with pytest.raises(ValueError, match=r"tinyhd_s builds TinyHD-S \(output='single'\); for output='multi' use the "
+                                         r"'tinyhd_m' entry point"):
+        torch.hub.load(str(REPO), "tinyhd_s", source="local", output="multi")
+    with pytest.raises(ValueError, match="use the 'tinyhd_s' entry point"):
+        torch.hub.load(str(REPO), "tinyhd_m", source="local", pretrained=True, output="single")
+    assert torch.hub.load(str(REPO), "tinyhd_m", source="local", output="multi", reduction=4).config["output"] == "multi"
 
 
 @pytest.mark.official
@@ -354,3 +361,24 @@ def test_stream_of_a_frame_subset_keeps_only_the_frames_its_windows_need(tmp_pat
                                        progress=False))
     assert [f for f, _, _ in got] == [3, 79] and [_frame_of(m.mean()) for _, m, _ in got] == [3, 79]
     assert max(peak) <= 16 + 16  # not the 64 frames between the two windows
+
+
+def test_a_gap_in_a_frame_folders_numbering_is_refused_not_shifted(tmp_path):
+    """0001…0019, 0021…0040: by position frame 0021 would be map 20 and windows would join 0019 and 0021."""
+    from tinyhd.inference import count_video_frames, iter_raw_maps
+    from tinyhd.video import write_image
+
+    video = _indexed_video(40, 16, 16)
+    for k, f in enumerate(video):
+        if k != 19:
+            write_image(tmp_path / "gap" / f"{k + 1:04d}.png", f)
+        write_image(tmp_path / "from0" / f"{k:04d}.png", f)
+    for call in (lambda p: predict_video(FrameEcho("single"), p, progress=False),
+                 lambda p: list(iter_raw_maps(FrameEcho("multi"), p, progress=False)),
+                 lambda p: list(iter_raw_maps(FrameEcho("multi"), p, n_frames=39, progress=False)),
+                 count_video_frames, lambda p: tinyhd.predict_video(FrameEcho("multi"), p, progress=False)):
+        with pytest.raises(tinyhd.errors.DataError, match=r"gap: frame folder numbering jumps 0019\.png → 0021\.png"):
+            call(tmp_path / "gap")
+    # numbered from 0: used by position, the same maps as the frames in memory
+    assert np.array_equal(predict_video(FrameEcho("multi"), tmp_path / "from0", progress=False),
+                          predict_video(FrameEcho("multi"), video, progress=False))

@@ -222,20 +222,36 @@ def test_verify_names_missing_and_extra_videos_of_a_folder_layout(tmp_path, caps
     assert f"{root}/training: split folder for 'train' does not exist" in lines
 
 
-def test_an_uncertain_count_is_a_warning_naming_the_alternatives(tmp_path, capsys):
-    """Hollywood2's counts differ between the sources: a copy with another count passes with a warning."""
+def test_an_uncertain_count_is_a_warning_only_between_the_sources_counts(tmp_path, capsys):
+    """Hollywood2's counts differ between the sources: a count between them passes with a warning naming the
+    alternatives; fewer videos than the smallest (a partial copy) or more than the largest is a failure."""
     from tinyhd.synth import write_folder_layout
 
     root = write_folder_layout(tmp_path / "h2", "hollywood2", videos=3, frames=4, size=(16, 24), progress=False)
     (root / "manifest.yaml").rename(root / "synthetic.yaml")  # check it as the real Hollywood2
-    report = verify(load_manifest("hollywood2"), root)
-    assert report.ok and [p.message.split(" (found")[0] for p in report.warnings] == [
+    report = verify(load_manifest("hollywood2"), root)  # 2 and 1 videos: below 823 and 884
+    assert not report.ok and not report.warnings
+    assert [p.message.split(" (found")[0] for p in report.problems] == [
         "split 'train' has 2 videos, the manifest expects 823 or 1904 or 3100",
         "split 'test' has 1 videos, the manifest expects 884 or 3559"]
-    assert "actioncliptrain00001, actioncliptrain00002" in report.warnings[0].message
+    assert report.problems[0].message.endswith("but 2 is below the smallest")
+    assert "actioncliptrain00001, actioncliptrain00002" in report.problems[0].message
     code, lines, _ = _run("verify-data", "hollywood2", str(root), capsys=capsys)
+    assert code == 1 and lines[0].startswith(f"{root}/training: split 'train' has 2 videos")
+    assert lines[-1].endswith("2 problem(s); train 2, test 1 videos checked")
+    # the same copy against candidate counts it lies between (train) / matches (test) / exceeds
+    raw = yaml.safe_load(Path(load_manifest("hollywood2").path).read_text())
+    raw["splits"]["train"]["count"], raw["splits"]["test"]["count"] = [1, 3], [1, 5]
+    (root / "between.yaml").write_text(yaml.safe_dump(raw))
+    report = verify(load_manifest(root / "between.yaml"), root)
+    assert report.ok and [p.message.split(" (found")[0] for p in report.warnings] == [
+        "split 'train' has 2 videos, the manifest expects 1 or 3"]  # test: 1 video matches a count, no warning
+    code, lines, _ = _run("verify-data", str(root / "between.yaml"), str(root), capsys=capsys)
     assert code == 0 and lines[0].startswith(f"{root}/training: warning: split 'train' has 2 videos")
-    assert lines[-1].endswith("no problems, 2 warning(s)")
+    assert lines[-1].endswith("no problems, 1 warning(s)")
+    raw["splits"]["train"]["count"] = [0, 1]  # 2 videos: more than the largest count
+    report = verify(parse_manifest(raw, root / "above.yaml"), root)
+    assert not report.ok and report.problems[0].message.endswith("but 2 is above the largest")
     report = verify(load_manifest("ucf"), root)  # UCF-Sports' counts are certain: a failure
     assert not report.ok and not report.warnings
 
@@ -252,3 +268,51 @@ def test_manifest_id_lists_and_frame_names_are_validated(tmp_path):
     raw["frame_names"] = "frame.png"
     with pytest.raises(UserError, match="'frame_names' must be a template using {frame}"):
         parse_manifest(raw, Path("ucf.yaml"))
+
+
+def test_a_short_name_means_the_packaged_manifest_whatever_the_current_folder_holds(tmp_path, monkeypatch, capsys):
+    """``./dhf1k`` (a dataset folder) or ``./ucf`` (a synthetic set with its own manifest) must not shadow the
+    packaged manifests of those names; a path (``./ucf``, a ``Path``) still means the folder."""
+    from tinyhd.paths import manifests_dir
+    from tinyhd.synth import write_folder_layout
+
+    (tmp_path / "dhf1k").mkdir()
+    write_folder_layout(tmp_path / "ucf", "ucf", videos=2, frames=3, size=(16, 24), progress=False)
+    monkeypatch.chdir(tmp_path)
+    for name, file in (("dhf1k", "dhf1k"), ("DHF1K", "dhf1k"), ("ucf", "ucf_sports"), ("UCF", "ucf_sports")):
+        assert load_manifest(name).path == manifests_dir() / f"{file}.yaml", name
+    assert load_manifest("./ucf").name.startswith("synthetic") and load_manifest(Path("ucf")).name.startswith("synthetic")
+    with pytest.raises(UserError, match="no such manifest"):
+        load_manifest("./dhf1k")  # the folder holds no manifest.yaml
+    code, lines, _ = _run("verify-data", "dhf1k", "dhf1k", "--split", "val", "--quick", capsys=capsys)
+    assert code == 1 and lines[0] == "dhf1k/video/601.AVI: missing video"  # checked against the real DHF1K
+    assert lines[-1].startswith("FAILED: dhf1k (layout default) at dhf1k: ")
+    code, _, _ = _run("verify-data", "dhf1k", str(tmp_path / "dhf1k"), "--split", "val", "--quick", capsys=capsys)
+    assert code == 1
+
+
+def test_kinetics_without_val_256_is_complete_and_val_is_checked_when_asked_for(tmp_path, capsys):
+    """TinyHD reads train_256 only: a copy without val_256 passes with a note; ``--split val`` requires it."""
+    from tinyhd.synth import write_kinetics
+
+    root = write_kinetics(tmp_path / "kin", videos=4, frames=3, size=(16, 24), progress=False)
+    (root / "manifest.yaml").unlink()  # check it as the real Kinetics-400 (400 classes: 4 here)
+    kin = load_manifest("kinetics")
+    assert kin.splits["val"].optional and not kin.splits["train"].optional
+    raw = yaml.safe_load(Path(kin.path).read_text())
+    raw["splits"]["train"]["classes"] = raw["splits"]["val"]["classes"] = 4
+    (tmp_path / "kin4.yaml").write_text(yaml.safe_dump(raw))
+    code, lines, _ = _run("verify-data", str(tmp_path / "kin4.yaml"), str(root), "--quick", capsys=capsys)
+    assert code == 0, lines
+    assert lines == [f"{root}/val_256: note: optional split 'val' is not in this copy; skipped (name it with "
+                     f"--split val to require it)",
+                     f"OK: kinetics400 (layout default) at {root}: train 4 videos checked, no problems"]
+    code, lines, _ = _run("verify-data", str(tmp_path / "kin4.yaml"), str(root), "--split", "val", capsys=capsys)
+    assert code == 1 and lines[0] == f"{root}/val_256: split folder for 'val' does not exist"
+    (root / "val_256").mkdir()  # present but empty: checked like any split
+    report = verify(load_manifest(tmp_path / "kin4.yaml"), root, deep=False)
+    assert not report.ok and not report.notes
+    assert str(report.problems[0]) == f"{root}/val_256: split 'val' has 0 classes, the manifest expects 4"
+    raw["ids"], raw["splits"] = "range", {"val": {"range": [1, 2], "optional": True}}
+    with pytest.raises(UserError, match="'optional' applies to ids folder or glob only"):
+        parse_manifest(raw, Path("k.yaml"))

@@ -330,3 +330,38 @@ def test_nan_weights_are_refused_not_turned_into_maps(tmp_path, avi, ckpt, capsy
     out = tmp_path / "o"
     _fails(capsys, [str(avi), "--checkpoint", str(bad), "--out", str(out)], bad, "NaN", "encoder.features.0.0.weight")
     assert not out.exists()
+
+
+def test_frame_folder_with_a_numbering_gap_is_refused(tmp_path, ckpt, capsys):
+    """0001…0019, 0021…0030: by position, frame 0021 would get map 0020.png, every later one shifted."""
+    rng = np.random.default_rng(3)
+    for k in [*range(1, 20), *range(21, 31)]:
+        write_image(tmp_path / "frames" / f"{k:04d}.png", rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    out = tmp_path / "o"
+    _fails(capsys, [str(tmp_path / "frames"), "--checkpoint", str(ckpt), "--out", str(out)],
+           tmp_path / "frames", "numbering jumps 0019.png → 0021.png")
+    assert not out.exists()
+
+
+def test_maps_of_a_numbered_frame_folder_carry_their_frames_numbers(tmp_path, ckpt, capsys):
+    """Frames 0000…0019.png (numbered from 0) give maps 0000…0019.png, map k being the map of frame k."""
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (20, 32, 48, 3), dtype=np.uint8)
+    for k, f in enumerate(frames):
+        write_image(tmp_path / "frames" / f"{k:04d}.png", f)
+        write_image(tmp_path / "from7" / f"img_{k + 7}.png", f)
+    out = tmp_path / "o"
+    assert cli(["predict", str(tmp_path / "frames"), "--checkpoint", str(ckpt), "--out", str(out), "--plain",
+                "--no-progress"]) == 0
+    assert "as 0000.png … 0019.png, named after the input frames' numbers" in capsys.readouterr().out
+    assert [p.name for p in _pngs(out)] == [f"{k:04d}.png" for k in range(20)]
+    maps = tinyhd.predict_video(tinyhd.load_checkpoint(ckpt), frames, progress=False)
+    for k in (0, 5, 19):
+        png = cv2.imread(str(out / f"{k:04d}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(np.round(maps[k] * 255).astype(np.uint8), png)
+    out7 = tmp_path / "o7"
+    assert cli(["predict", str(tmp_path / "from7"), "--checkpoint", str(ckpt), "--out", str(out7), "--plain",
+                "--no-progress"]) == 0
+    assert [p.name for p in _pngs(out7)] == [f"{k:04d}.png" for k in range(7, 27)]
+    assert np.array_equal(cv2.imread(str(out7 / "0007.png"), cv2.IMREAD_UNCHANGED), cv2.imread(str(out / "0000.png"),
+                                                                                               cv2.IMREAD_UNCHANGED))

@@ -109,3 +109,26 @@ def test_odd_sizes_are_refused_by_the_writer_not_cropped(tmp_path):
     assert list(tmp_path.iterdir()) == []
     padded = read_video(write_video(tmp_path / "pad.avi", np.full((2, 97, 131, 3), 128, np.uint8), pad_odd=True))
     assert padded.shape == (2, 98, 132, 3) and abs(int(padded[0, 97, 131, 0]) - 128) <= 3
+
+
+def test_frame_numbers_and_gaps_in_a_frame_folder(tmp_path):
+    """Names carrying one common numbering give their numbers; a gap or a repeat is refused, naming it."""
+    from pathlib import Path
+
+    from tinyhd.video import check_frame_numbering, frame_numbers
+
+    assert frame_numbers([Path("0000.png"), Path("0001.png")]) == [0, 1]
+    assert frame_numbers(["frame_9.jpg", "frame_10.jpg"]) == [9, 10]
+    assert frame_numbers(["v2_0007_x.png"]) == [7]  # the last digit run of the stem
+    assert frame_numbers(["a.png", "b.png"]) is None and frame_numbers(["1.png", "x.png"]) is None
+    assert frame_numbers(["a1.png", "b2.png"]) is None  # no common pattern: name order only
+    for k in [*range(5, 20), *range(21, 24)]:
+        (tmp_path / f"{k:04d}.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"numbering jumps 0019\.png → 0021\.png"):
+        check_frame_numbering(tmp_path)
+    (tmp_path / "0020.png").write_bytes(b"")
+    assert check_frame_numbering(tmp_path) == 5  # consecutive from 5
+    (tmp_path / "20.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"numbering repeats a number: 0020\.png → 20\.png|20\.png → 0020\.png"):
+        check_frame_numbering(tmp_path)
+    assert check_frame_numbering(tmp_path, [tmp_path / "a.png", tmp_path / "b.png"]) is None

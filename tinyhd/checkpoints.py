@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from tinyhd.errors import CheckpointError
+from tinyhd.errors import CheckpointError, UserError
 from tinyhd.model import TinyHD
 from tinyhd.paths import atomic_torch_save
 
@@ -205,12 +205,40 @@ def port_official_state_dict(model: TinyHD, official: Mapping[str, torch.Tensor]
     model.load_state_dict(mapped, strict=True)
 
 
+def released_copy(path: str | os.PathLike) -> Path:
+    """``path`` if it exists; else, when it is the bare name of a released checkpoint (``d123m_rc4_rc1T.pth``,
+    see ``tinyhd weights list``), the verified copy that ``tinyhd weights download NAME`` left in
+    ``tinyhd.weights.default_dest()``. Never downloads (CheckpointError saying how to, when there is no copy).
+
+    So the Python API takes the names the command line takes (``tinyhd predict --checkpoint NAME``)."""
+    path = Path(path)
+    if path.exists() or str(path) != path.name:  # a file, or a path with folders: taken as it is
+        return path
+    from tinyhd import weights  # lazy: weights does not import this module, but keep loading light
+
+    try:
+        known = path.name in weights.registry()
+    except UserError:
+        known = False
+    if not known:
+        return path  # read_torch_file says "no such checkpoint file"
+    local = weights.default_dest() / path.name
+    if not local.is_file():
+        raise CheckpointError(f"{path}: no such file, and the released checkpoint of that name is not downloaded "
+                              f"(not in {weights.default_dest()}); get it with `tinyhd weights download {path.name}` "
+                              f"(or tinyhd.weights.download({path.name!r})), or pass the path of a copy")
+    weights.verify(local, path.name)  # CheckpointError naming the damaged copy
+    return local
+
+
 def load_official_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TinyHD:
     """Build the TinyHD variant of one of the authors' 8 released files and load it strictly (eval mode).
 
+    ``path`` may be a released file's bare name, once downloaded (:func:`released_copy`).
+
     >>> model = load_official_checkpoint("d123m_rc4_rc1T.pth")   # TinyHD-M ×¼, D1 single-output
     """
-    path = Path(path)
+    path = released_copy(path)
     obj = read_torch_file(path, map_location)
     if not isinstance(obj, Mapping) or "student_model" not in obj:
         raise CheckpointError(f"{path}: expected the authors' format {{'student_model': state_dict}}, found "
@@ -260,8 +288,9 @@ def _from_config(config: Any, state: Any, path: Path) -> TinyHD:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TinyHD:
     """Load a TinyHD from our format, a training ``last.pt`` (``"model"`` + ``"config"``), or the authors'
-    ``{"student_model": ...}`` files. The model is returned in eval mode."""
-    path = Path(path)
+    ``{"student_model": ...}`` files (also by a released file's bare name, once downloaded: :func:`released_copy`).
+    The model is returned in eval mode."""
+    path = released_copy(path)
     obj = read_torch_file(path, map_location)
     if _is_hd2s(obj):
         raise CheckpointError(f"{path}: an HD2S checkpoint (the teacher), not a TinyHD one: load it with "

@@ -27,8 +27,10 @@ With these handlers ``count_complexity`` gives the paper's figures for all six r
 7.952 GMAC per forward for TinyHD-M ×1, printed 7.95 in Table 1a), within 0.03 GMAC per 16 maps. For the M
 variants it is *not* the spec sheet's ptflops column (7.975 for TinyHD-M ×1): the sheet was measured with
 ptflops 0.7.5, whose functional ``F.interpolate`` patch fires inside the ``nn.Upsample`` hook and so counts
-every Upsample twice; in every row the sheet minus our count equals our Upsample MACs (zero for the S
-variants, which have none), both checked in ``tests/test_complexity.py``.
+every Upsample twice; in every row the sheet minus our count equals our Upsample MACs, both checked in
+``tests/test_complexity.py``. Those are zero only for TinyHD-S ×1 (its decoders upsample by pixel shuffle
+alone); the reduced decoders use trilinear Upsample somewhere (architecture sheet (d)), so the difference is
+0.008 and 0.004 GMAC for TinyHD-S ×½ and ×¼, and 0.02–0.05 GMAC for the M variants.
 One further ptflops quirk is not copied: its Upsample hook counts only the first sample of the batch; we count
 the whole batch (identical at batch 1, the paper's setting).
 """
@@ -225,7 +227,8 @@ def count_complexity(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPU
     docstring): for the six released TinyHD variants this gives the paper's figures, e.g. 5.569 GMAC per
     forward for TinyHD-S ×1 (paper: 5.57, Table 1a) and 7.952 for TinyHD-M ×1 (paper: 7.95). The spec sheet's
     ptflops 0.7.5 column is higher by exactly our Upsample MACs, which that version counts twice: equal for
-    the S variants (no Upsample), 7.975 for TinyHD-M ×1. Works for any ``nn.Module`` that takes one tensor.
+    TinyHD-S ×1 (no Upsample), 3.727 for TinyHD-S ×½ (ours 3.719), 7.975 for TinyHD-M ×1. Works for any
+    ``nn.Module`` that takes one tensor.
     The model's train/eval flags are left as they were.
 
     Returns ``{"params": int, "gmacs": float}`` (GMACs per forward, not per 16 maps: see ``maps_per_forward``).

@@ -6,6 +6,9 @@ What the paper and the authors' code do (TinyHD §4.1 "Training details"; archit
   then bilinear resize with ``antialias=False``, exactly as the released weights expect);
 * the only augmentation is a random horizontal flip (p = 0.5) shared by the clip, the maps and the
   fixations ("spatial resize and cropping do not lead to significant benefits");
+* the authors' *validation* loader (loss monitoring) resizes to 200×355 and centre-crops 192×256 instead
+  (architecture sheet (e) "Val"): ``SaliencyClipDataset(val_resize=VAL_RESIZE)``, the clip, the maps and the
+  fixations alike; :func:`val_resize_for` scales it for reduced-size runs;
 * MISO (``output="single"``) targets the clip's last frame; MIMO (``output="multi"``) all of its frames;
 * one epoch = one random clip per video (``RandomClipSampler``), so ``len(ds)`` is the number of videos.
 
@@ -107,6 +110,29 @@ def resize_fixations(fix: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     return out
 
 
+VAL_RESIZE = (200, 355)  # H×W the authors' validation loader resizes to before its 192×256 centre crop
+
+
+def val_resize_for(size: Sequence[int]) -> tuple[int, int]:
+    """The authors' validation resize (200×355 for 192×256 clips) scaled to clips of ``size`` = (h, w):
+    ``round(200·h/192)``, ``round(355·w/256)`` (halves up), so the crop keeps the same share of the frame."""
+    h, w = int(size[0]), int(size[1])
+    return (int(np.floor(VAL_RESIZE[0] * h / INPUT_SIZE[0] + 0.5)),
+            int(np.floor(VAL_RESIZE[1] * w / INPUT_SIZE[1] + 0.5)))
+
+
+def centre_crop_box(src: Sequence[int], size: Sequence[int]) -> tuple[int, int]:
+    """(top, left) of the centred ``size`` window in an image of ``src`` = (H, W): ``round((H − h) / 2)``,
+    as ``torchvision.transforms.functional.center_crop`` places it."""
+    return int(round((int(src[0]) - int(size[0])) / 2.0)), int(round((int(src[1]) - int(size[1])) / 2.0))
+
+
+def centre_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The centred ``size`` = (h, w) window of the last two dimensions of ``x`` (…×H×W -> …×h×w)."""
+    top, left = centre_crop_box(x.shape[-2:], size)
+    return x[..., top:top + int(size[0]), left:left + int(size[1])]
+
+
 class _VideoCache:
     """LRU of whole decoded videos, only for videos up to ``max_bytes`` (per worker process)."""
 
@@ -153,6 +179,7 @@ class _ClipDatasetBase(Dataset):
             raise UserError(f"clip_len must be at least 1, not {clip_len}")
         self.clip_len, self.output, self.sampling = int(clip_len), output, sampling
         self.size = tuple(size) if size is not None else None
+        self.val_resize: tuple[int, int] | None = None  # resize to this, then centre-crop to size (labeled sets)
         self.flip, self.seed, self.clips_per_video = bool(flip), int(seed), int(clips_per_video)
         self.epoch = 0
         self._cache = _VideoCache(cache_videos, int(cache_mb * 2**20))
@@ -210,7 +237,10 @@ class _ClipDatasetBase(Dataset):
     def _clip(self, entry: VideoEntry, idx: np.ndarray, n_frames: int | None, flip: bool) -> torch.Tensor:
         uniq, inverse = np.unique(idx, return_inverse=True)
         frames = self._cache.frames(entry.source, uniq, n_frames)[inverse]  # T×H×W×3 uint8
-        clip = preprocess(frames, self.size)  # 3×T×h×w
+        if self.val_resize is not None:
+            clip = centre_crop(preprocess(frames, self.val_resize), self.size).contiguous()  # 3×T×H'×W' -> 3×T×h×w
+        else:
+            clip = preprocess(frames, self.size)  # 3×T×h×w
         return clip.flip(-1) if flip else clip
 
     def _target_indices(self, idx: np.ndarray) -> np.ndarray:
@@ -231,14 +261,24 @@ class SaliencyClipDataset(_ClipDatasetBase):
     (a UserError otherwise). ``variant`` picks a layout variant (e.g. ``"frames"``), detected when None.
     ``sampling``: ``"random"`` one random clip per video per epoch, ``"uniform"`` ``clips_per_video``
     evenly spaced clips, ``"all"`` every clip (step 1). ``videos``/``max_videos`` select a subset.
+    ``val_resize`` = (H', W'): resize the frames, maps and fixations to H'×W' (at least ``size``), then take
+    the centred ``size`` window of each, as the authors' validation loader does (:data:`VAL_RESIZE`,
+    :func:`val_resize_for`); fixations outside the window are dropped. None (default): resize to ``size``.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", dataset: str | None = None, clip_len: int = 16,
                  size: Sequence[int] | None = INPUT_SIZE, output: str = "single", sampling: str = "random",
                  flip: bool = True, seed: int = 0, clips_per_video: int = 5, variant: str | None = None,
                  videos: Sequence[str] | None = None, max_videos: int | None = None, cache_videos: int = 4,
-                 cache_mb: float = 64.0) -> None:
+                 cache_mb: float = 64.0, val_resize: Sequence[int] | None = None) -> None:
         super().__init__(clip_len, size, output, sampling, flip, seed, clips_per_video, cache_videos, cache_mb)
+        if val_resize is not None:
+            val_resize = tuple(int(v) for v in val_resize)
+            if self.size is None or len(val_resize) != 2 or not (val_resize[0] >= self.size[0]
+                                                                 and val_resize[1] >= self.size[1]):
+                raise UserError(f"val_resize {val_resize} must be (H, W) at least as large as size {self.size} "
+                                f"(resize, then centre-crop to size)")
+            self.val_resize = val_resize
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset folder does not exist")
@@ -376,8 +416,9 @@ class SaliencyClipDataset(_ClipDatasetBase):
             uniq, inverse = np.unique(tgt, return_inverse=True)
             maps = self._read_labels(v, [maps_f[i] for i in uniq], "map")[inverse]                 # T×H×W
             fix = self._read_labels(v, [fix_f[i] for i in uniq], "fixation map")[inverse] > 0     # T×H×W
-            sal = resize_maps(torch.from_numpy(maps.astype(np.float32) / 255.0), (h, w))
-            fixation = resize_fixations(fix, (h, w))
+            to = self.val_resize or (h, w)  # resize to the clip's size, or to val_resize then crop like the clip
+            sal = centre_crop(resize_maps(torch.from_numpy(maps.astype(np.float32) / 255.0), to), (h, w))
+            fixation = centre_crop(resize_fixations(fix, to), (h, w))
             if flip:
                 sal, fixation = sal.flip(-1), fixation.flip(-1)
         else:
@@ -395,7 +436,8 @@ class SaliencyClipDataset(_ClipDatasetBase):
 
     def __repr__(self) -> str:
         return (f"SaliencyClipDataset({self.manifest.name}, split={self.split!r}, videos={len(self.entries)}, "
-                f"clips={len(self)}, clip_len={self.clip_len}, size={self.size}, output={self.output!r}, "
+                f"clips={len(self)}, clip_len={self.clip_len}, size={self.size}, "
+                f"{f'val_resize={self.val_resize}, ' if self.val_resize else ''}output={self.output!r}, "
                 f"sampling={self.sampling!r}, layout={self.variant!r}, root={str(self.root)!r})")
 
 

@@ -12,6 +12,10 @@ What the authors' ``generate.py`` does (architecture sheet (e) "Inference and po
   indices past the end of a short video are clamped to its last frame.
 * **MIMO (TinyHD-M).** Windows start at 0, 16, 32, …; a last window starting at N−16 is added unless already
   present, and its outputs overwrite the overlapping frames. Output t of a window is the map of window frame t.
+* **Frame folders** (ours) are read in natural name order and used by position; numbered names must run
+  without a gap (:func:`tinyhd.video.check_frame_numbering`: a missing ``0020.png`` would shift every later map
+  and join frames across the gap in a window). ``tinyhd predict`` names each map after its frame's number
+  (``0000.png`` for a folder numbered from 0); a video's maps, and an unnumbered folder's, are numbered from 1.
 * **Videos shorter than 16 frames** (both modes) are padded at the start by repeating frame 0, as the MISO
   padded windows do: a MIMO video of N < 16 frames is one window [frame 0 × (16−N)] + frames 0..N−1, and the
   last N outputs are its maps.
@@ -37,6 +41,7 @@ from torch import nn
 
 from tinyhd.errors import CheckpointError, DataError, UserError
 from tinyhd.preprocess import INPUT_SIZE, preprocess
+from tinyhd.video import check_frame_numbering
 
 CLIP_LEN = 16
 FIRST_FRAMES = ("pad", "reverse")
@@ -217,23 +222,27 @@ def _load_frames(video: Any) -> tuple[np.ndarray, Path | None]:
         path = Path(video)
         if not path.exists():
             raise DataError(f"{path}: no such video file or frame folder")
+        if path.is_dir():
+            check_frame_numbering(path)  # a gap in the numbering would shift every later map
         return read_video(path), path
     return _as_frames(video), None
 
 
 def count_video_frames(path: str | os.PathLike) -> int:
-    """Frames of a video file or frame folder, counted without keeping any: a folder's images, or a file's
-    decodable frames (``DataError`` when the header promises more: truncated or corrupt)."""
+    """Frames of a video file or frame folder, counted without keeping any: a folder's images (``DataError`` when
+    their numbers have a gap, see :func:`tinyhd.video.check_frame_numbering`), or a file's decodable frames
+    (``DataError`` when the header promises more: truncated or corrupt)."""
     from tinyhd.video import count_frames, list_images
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such video file or frame folder")
     if path.is_dir():
-        n = len(list_images(path))
-        if n == 0:
+        files = list_images(path)
+        if not files:
             raise DataError(f"{path}: frame folder contains no images")
-        return n
+        check_frame_numbering(path, files)
+        return len(files)
     n = count_frames(path)
     if n == 0:
         raise DataError(f"{path}: no frame could be decoded (empty, truncated or corrupt video)")
@@ -272,6 +281,8 @@ def _source(video: Any, n_frames: int | None = None) -> _FrameSource:
         from tinyhd.video import iter_frames
 
         path = Path(video)
+        if n_frames is not None and path.is_dir():
+            check_frame_numbering(path)  # count_video_frames checks it otherwise
         n = count_video_frames(path) if n_frames is None else int(n_frames)
         return _FrameSource(iter_frames(path), n, str(path))
     frames = _as_frames(video)
@@ -380,7 +391,9 @@ def predict_video(model: nn.Module, path_or_frames: Any, *, postprocess: bool = 
     Args:
         model: a :class:`tinyhd.TinyHD` (or any module mapping B×3×T×192×256 clips to an object with
             ``.saliency`` B×T'×H×W, or to that tensor); put it on CUDA to run there.
-        path_or_frames: a video file, a folder of frame images, or frames N×H×W×3 (RGB) / N×H×W uint8.
+        path_or_frames: a video file, a folder of frame images (natural name order; numbered names must run
+            without a gap, else ``DataError``), or frames N×H×W×3 (RGB) / N×H×W uint8. Map ``k`` is the
+            ``k``-th frame's (0-based position, whatever number its file name carries).
         postprocess: True (default): the authors' post-processing (:func:`postprocess`) → N×H×W float32 in
             [0, 1] at the original size (= their uint8 PNG / 255). False: the raw N×192×256 sigmoid maps.
         frames: 0-based frame indices to predict (sorted, unique); None = every frame. The maps equal those of
@@ -541,7 +554,9 @@ def cli_main(argv: list[str]) -> int:
         prog="tinyhd predict",
         description=("Saliency maps for a video with a TinyHD checkpoint, computed as the authors' generate.py "
                      "does: one grayscale PNG per frame at the video's original size, named %04d.png with "
-                     "1-based frame numbers (0001.png is the first frame), written to DIR. With --overlay, also "
+                     "1-based frame numbers (0001.png is the first frame), written to DIR; for a folder of frames "
+                     "whose names are numbered (0000.png, frame_12.jpg …), each map carries the number of its "
+                     "frame instead, and a gap in that numbering is refused. With --overlay, also "
                      "DIR/overlay.mp4: the video with the map blended in as a JET heatmap. The video is decoded "
                      "as it is processed (a file twice: a first pass counts its frames), so memory does not grow "
                      "with its length. predict records what it wrote in DIR/" + MARKER + ": it replaces its own "
@@ -596,8 +611,12 @@ def cli_main(argv: list[str]) -> int:
     dev = checked_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
 
-    n = count_video_frames(video)  # DataError for a truncated file, before anything is written
-    targets = [f"{k:04d}.png" for k in range(1, n + 1)] + ([OVERLAY_NAME] if args.overlay else [])
+    n = count_video_frames(video)  # DataError for a truncated file or a gap in a folder's numbering, before any write
+    # maps of a video are numbered from 1 (generate.py); those of a numbered frame folder carry their frame's number
+    first = check_frame_numbering(video) if video.is_dir() else None
+    first = 1 if first is None else first
+    names = [f"{first + k:04d}.png" for k in range(n)]
+    targets = names + ([OVERLAY_NAME] if args.overlay else [])
     stale = prepare_out_dir(out_dir, video, targets, overwrite=args.overwrite)
     if not args.plain:
         from tinyhd.fast import keep_freed_memory, optimize_for_inference
@@ -624,7 +643,7 @@ def cli_main(argv: list[str]) -> int:
         for f, m, frame in tqdm(stream, total=n, desc="write", unit="frame", disable=args.no_progress, leave=False):
             h, w = frame.shape[:2]
             u8 = postprocess_u8(m, (h, w))
-            write_image(out_dir / f"{f + 1:04d}.png", u8)
+            write_image(out_dir / names[f], u8)
             if writer is not None:
                 writer.write(overlay(frame, u8, args.alpha))
         if writer is not None:
@@ -635,6 +654,8 @@ def cli_main(argv: list[str]) -> int:
         raise
     _write_marker(out_dir, targets, video, ckpt, n, complete=True)
     msg = f"wrote {n} saliency maps ({h}×{w}, H×W) to {out_dir}"
+    if video.is_dir() and names[0] != "0001.png":
+        msg += f" as {names[0]} … {names[-1]}, named after the input frames' numbers"
     if writer is not None:
         msg += f" and the overlay video {out_dir / OVERLAY_NAME}"
     print(msg)

@@ -21,7 +21,10 @@ Schema (``schema_version: 1``)::
       train: {range: [1, 600], count: 600, annotated: true}   # ids: range
       test:  {dir: testing, count: 47, annotated: true}       # ids: folder / glob: one folder per split
       # optional for ids folder/glob: ``videos: [id, ...]`` (the split's ids; verify-data names missing and
-      # extra ones); ``count_uncertain: true`` (the sources disagree: a count outside ``count`` is a warning)
+      # extra ones); ``count_uncertain: true`` (the sources disagree: a count between the smallest and the
+      # largest of ``count`` is a warning, one below the smallest or above the largest is still a problem);
+      # ``optional: true`` (a copy without the split's ``dir`` is complete: verify-data notes its absence
+      # instead of failing, unless the split is asked for with ``--split``; Kinetics-400's val_256)
     frames: {"001": 48, ...}      # optional: frame count per video id
 
 Every map and fixation PNG has the size of its video's frames (the annotations are at the video's native
@@ -77,7 +80,8 @@ class SplitSpec:
     dir: str | None = None
     classes: int | None = None
     videos: list[str] | None = None   # ids folder/glob: the split's video ids, when known
-    count_uncertain: bool = False      # the sources disagree on the count: a mismatch is only a warning
+    count_uncertain: bool = False      # the sources disagree: a count between theirs is only a warning
+    optional: bool = False             # ids folder/glob: a copy may lack the split's folder altogether
 
 
 @dataclass
@@ -184,10 +188,16 @@ def _fill(template: str, fields: dict[str, Any], manifest: Manifest) -> str:
 
 
 def resolve_manifest_path(manifest: str | os.PathLike) -> Path:
-    """A manifest path, a dataset folder holding ``manifest.yaml``, or a short name like ``dhf1k``."""
+    """A manifest path, a dataset folder holding ``manifest.yaml``, or a short name like ``dhf1k``.
+
+    A known short name (any case, no path separator, no ``.yaml``/``.yml`` suffix) always means the packaged
+    manifest, whatever the current folder holds: a ``./dhf1k`` dataset folder must not shadow it. Write
+    ``./dhf1k`` (or pass a ``Path``) to mean the folder.
+    """
     text = str(manifest)
     key = text.lower()
-    if key in ALIASES and not Path(text).exists():
+    is_name = isinstance(manifest, str) and not any(sep in text for sep in ("/", os.sep, os.altsep or "/"))
+    if is_name and key in ALIASES:
         return manifests_dir() / f"{ALIASES[key]}.yaml"
     path = Path(text).expanduser()
     if path.is_dir():
@@ -242,7 +252,12 @@ def parse_manifest(raw: Any, path: Path | None = None) -> Manifest:
             raise bad(f"split {name!r} must be a mapping")
         spec = SplitSpec(name=str(name), count=s.get("count"), annotated=bool(s.get("annotated", True)),
                          dir=s.get("dir"), classes=s.get("classes"),
-                         count_uncertain=bool(s.get("count_uncertain", False)))
+                         count_uncertain=bool(s.get("count_uncertain", False)),
+                         optional=s.get("optional", False))
+        if not isinstance(spec.optional, bool):
+            raise bad(f"split {name!r}: 'optional' must be true or false, not {spec.optional!r}")
+        if spec.optional and raw["ids"] == "range":
+            raise bad(f"split {name!r}: 'optional' applies to ids folder or glob only (a split with its own dir)")
         if s.get("videos") is not None:
             ids = s["videos"]
             if raw["ids"] == "range" or not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
@@ -356,6 +371,7 @@ class Problem:
 class Report:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # doubtful, not wrong (e.g. an uncertain count)
+    notes: list[Problem] = field(default_factory=list)     # neither (e.g. an optional split that is absent)
     checked: dict[str, int] = field(default_factory=dict)  # split -> videos checked
     variant: str = "default"
 
@@ -368,6 +384,9 @@ class Report:
 
     def warn(self, path: Path, message: str) -> None:
         self.warnings.append(Problem(Path(path), message))
+
+    def note(self, path: Path, message: str) -> None:
+        self.notes.append(Problem(Path(path), message))
 
 
 Shape = tuple[int, int]
@@ -505,9 +524,14 @@ def _check_split_ids(manifest: Manifest, spec: SplitSpec, vids: list[VideoEntry]
         return
     message = (f"split {split!r} has {len(vids)} videos, the manifest expects {' or '.join(map(str, counts))}"
                f" (found: {_few_ids(found) or 'none'})")
-    if spec.count_uncertain:
-        report.warn(base, message + "; the sources disagree on this count, so it is only a warning "
-                                    f"(see the notes of {manifest.path or manifest.name})")
+    if spec.count_uncertain and min(counts) < len(vids) < max(counts):
+        # between two of the sources' counts: plausibly another cut of the same videos, so only doubtful
+        report.warn(base, message + "; the sources disagree on this count, so one between them is only a "
+                                    f"warning (see the notes of {manifest.path or manifest.name})")
+    elif spec.count_uncertain:
+        # fewer than the smallest count any source gives (a partial copy) or more than the largest: wrong
+        report.add(base, message + f"; the sources disagree on this count, but {len(vids)} is "
+                                   f"{'below the smallest' if len(vids) < min(counts) else 'above the largest'}")
     else:
         report.add(base, message)
 
@@ -518,7 +542,8 @@ def verify(manifest: Manifest, root: str | os.PathLike, splits: list[str] | None
 
     ``deep`` decodes every video and reads every PNG (thorough; minutes on the real DHF1K), checking every
     image's size; without it, frame counts come from container headers, images are only listed and only the
-    first map and fixation of each video are measured.
+    first map and fixation of each video are measured. A split marked ``optional`` whose folder is absent is
+    skipped with a note, unless ``splits`` names it.
     """
     root = Path(root)
     if not root.exists():
@@ -531,6 +556,10 @@ def verify(manifest: Manifest, root: str | os.PathLike, splits: list[str] | None
     for split in splits or list(manifest.splits):
         spec = manifest._split(split)
         report.checked[split] = 0
+        if spec.optional and not splits and not (root / spec.dir).exists():
+            report.note(root / spec.dir, f"optional split {split!r} is not in this copy; skipped "
+                                         f"(name it with --split {split} to require it)")
+            continue
         try:
             vids = manifest.videos(root, split, variant)
         except DataError as exc:
@@ -650,6 +679,8 @@ def cli_main(argv: list[str]) -> int:
         print(problem)
     for warning in report.warnings:
         print(f"{warning.path}: warning: {warning.message}")
+    for note in report.notes:
+        print(f"{note.path}: note: {note.message}")
     counts = ", ".join(f"{k} {v}" for k, v in report.checked.items() if v)
     checked = f"{counts} videos checked" if counts else "no videos checked"
     warned = f", {len(report.warnings)} warning(s)" if report.warnings else ""

@@ -6,7 +6,9 @@ Two sources of frames are in common use for the saliency datasets:
   converted BGR→RGB, exactly as the authors' code does (issue 2, item 6: on the authors' ``0068.AVI`` the
   decoded frames match ``decoded_frame_md5.json`` frame by frame);
 * a folder of frame images (the "frame-folder" variants, e.g. ``annotation/NNNN/images/0001.png``), read in
-  natural name order (``2.png`` before ``10.png``).
+  natural name order (``2.png`` before ``10.png``). :func:`check_frame_numbering` refuses numbered names with
+  a gap (``tinyhd predict`` and ``tinyhd.predict_video`` call it; the dataset loaders check the annotations'
+  names against the manifest instead).
 
 Everything returns uint8 RGB frames laid out ``N×H×W×3``; grayscale sources are replicated to three
 channels. Frame indices are 0-based. Decoding is sequential: ``cv2.CAP_PROP_POS_FRAMES`` seeks are not
@@ -48,6 +50,40 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     files = [p for p in folder.iterdir()
              if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+_NUMBERED = re.compile(r"(.*?)(\d+)(\D*)")  # a stem's text before, digits of, and text after its last digit run
+
+
+def frame_numbers(files: Sequence[str | os.PathLike]) -> list[int] | None:
+    """The frame number each file name carries (``0007.png``, ``frame_7.jpg`` -> 7), or None when the names
+    carry no common numbering (some stem has no digits, or the text around the last digit run differs)."""
+    parts = [_NUMBERED.fullmatch(Path(f).stem) for f in files]
+    if not parts or any(m is None for m in parts) or len({(m[1], m[3]) for m in parts}) != 1:
+        return None
+    return [int(m[2]) for m in parts]
+
+
+def check_frame_numbering(folder: str | os.PathLike, files: Sequence[Path] | None = None) -> int | None:
+    """The first frame number of a frame folder whose names are numbered (None when they carry no common
+    numbering: frames are then taken in name order), after checking that the numbers run without a gap.
+
+    Frames are used by position, so ``0019.png, 0021.png`` would silently make frame 0021 the 20th: every later
+    map would be numbered one too low and a 16-frame window would join frames across the gap. A gap or a
+    repeated number is a ``DataError`` naming the first one. ``files``: the folder's :func:`list_images`.
+    """
+    folder = Path(folder)
+    files = list_images(folder) if files is None else list(files)
+    numbers = frame_numbers(files)
+    if numbers is None:
+        return None
+    for a, b, fa, fb in zip(numbers, numbers[1:], files, files[1:]):
+        if b != a + 1:
+            what = "repeats a number:" if b == a else "jumps"
+            raise DataError(f"{folder}: frame folder numbering {what} {fa.name} → {fb.name}; frames are used by "
+                            f"position, so every later frame would be misnumbered and windows would join frames "
+                            f"across the gap. Restore the missing frames or renumber the folder without gaps")
+    return numbers[0]
 
 
 def _to_rgb(frame: np.ndarray, path: Path, cv2) -> np.ndarray:
