@@ -61,6 +61,22 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ({"dataset": 3}, "dataset"),
     ({"clip_len": 20}, "clip_len"),                 # TinyHD-S: at most 16 (a bare traceback from the model)
     ({"clip_len": 8, "output": "multi"}, "clip_len"),   # TinyHD-M: 16
+    ({"device": "gpu"}, "device"),                  # was a bare RuntimeError from torch.device
+    ({"device": "cuda:x"}, "device"),
+    ({"gamma": -1}, "gamma"),                       # was accepted
+    ({"gamma": 0}, "gamma"),
+    ({"momentum": -0.1}, "momentum"),
+    ({"momentum": 1.5}, "momentum"),
+    ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"decoders": "d1"}, "decoders"),               # a string: was ('d', '1') and a model error without the file
+    ({"decoders": ["d1", "d4"]}, "decoders"),
+    ({"decoders": []}, "decoders"),
+    ({"head_lr_mult": 30}, "head_lr_mult"),         # HD2S-only keys were silently ignored for TinyHD
+    ({"dsl_sources": [{"name": "A"}]}, "dsl_sources"),
+    ({"da_multilevel": True}, "da_multilevel"),
+    ({"da_target_root": "/data/UCF"}, "da_target_root"),
+    ({"teacher_domain": "DHF1K"}, "teacher_domain"),                                # no hd2s: teacher
+    ({"teacher": "cache:/c", "distill_on": "all", "teacher_domain": "DHF1K"}, "teacher_domain"),
 ])
 def test_bad_values_are_named(values, field):
     with pytest.raises(UserError, match=f"cfg.yaml: {field}"):
@@ -88,6 +104,20 @@ def test_cli_reports_bad_config_as_one_line(tmp_path, capsys):
     assert "--set bogus: unknown key" in capsys.readouterr().err
     assert cli.main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "lr=abc"]) == 2
     assert "bad.yaml with --set lr: lr: must be a number" in capsys.readouterr().err
+    path.write_text("epochs: 1\ndistill_on: none\n")
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "device=gpu"]) == 2
+    assert "bad.yaml with --set device: device: not a device" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_without_cuda_is_named(monkeypatch):
+    """device: cuda (or cuda:N) on a machine without CUDA is a config error, not a traceback at the first .to()."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(UserError, match=f"cfg.yaml: device: no CUDA device .* \\(got '{device}'\\)"):
+            config_from_dict({"distill_on": "none", "device": device}, source="cfg.yaml")
+    assert config_from_dict({"distill_on": "none", "device": "cpu"}).device == "cpu"
+    assert config_from_dict({"distill_on": "none", "decoders": ["d1"]}).decoders == ("d1",)
 
 
 # -- epoch plan and sharding --------------------------------------------------------------------------------
@@ -200,6 +230,47 @@ def test_a_cached_teacher_is_checked_against_the_videos_distilled_on_before_trai
         train(cfg, tmp_path / "v", teacher=teacher)
     assert not teacher.sources                          # refused before the first step
     assert len(teacher.checked) == 8 and len(set(teacher.checked)) == 8   # 4 target + 4 auxiliary videos
+    assert not (tmp_path / "v").exists()                # the run folder it created is not left behind, empty
+    with pytest.raises(DataError, match="another dataset"):
+        train(cfg, tmp_path / "new" / "v", teacher=teacher)
+    assert not (tmp_path / "new").exists()              # nor the parents it created
+    train(cfg, tmp_path / "v", teacher=CentreTeacher())  # and the failed run released the folder's lock
+
+
+class _MeanTeacher(torch.nn.Module):
+    """A stand-in for HD2S that is cheap to cache: maps from the window's mean intensity (HD2S's output layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        from types import SimpleNamespace
+
+        m = torch.sigmoid(self.scale * x.mean(dim=(1, 2)))                   # b×H×W
+        return SimpleNamespace(saliency=m[:, None], conspicuity=m[:, None].expand(-1, 4, -1, -1))
+
+
+def test_a_cache_of_an_auxiliary_subset_names_max_aux_videos(tmp_path):
+    """A cache holding all target videos but only the first 2 auxiliary ones (cache-teacher --max-videos 2 on
+    Kinetics): the error says to set max_aux_videos to 2, and with it the run starts."""
+    from tinyhd.errors import DataError
+    from tinyhd.synth import ensure_synthetic
+    from tinyhd.teacher_cache import build_teacher_cache
+
+    for layout, n in (("dhf1k", 4), ("kinetics", 2)):
+        build_teacher_cache(_MeanTeacher(), ensure_synthetic(layout, progress=False), tmp_path / "cache" / layout,
+                            size=(32, 32), max_videos=n, progress=False)
+    cfg = TrainConfig(**TINY, distill_on="all", teacher=f"cache:{tmp_path / 'cache'}", max_steps=1)
+    with pytest.raises(DataError, match=r"Only auxiliary videos lack maps \(2 of the 4.*max_aux_videos: 4\): "
+                                        r"set max_aux_videos: 2 \(--set max_aux_videos=2\)"):
+        train(cfg, tmp_path / "run")
+    result = train(replace(cfg, max_aux_videos=2), tmp_path / "run")
+    assert [r["step"] for r in result.history if r["kind"] == "train"] == [1]
+    # a missing target video is not blamed on max_aux_videos
+    with pytest.raises(DataError, match="no teacher maps") as info:
+        train(replace(cfg, max_videos=5, max_aux_videos=2), tmp_path / "run5")
+    assert "max_aux_videos" not in str(info.value)
 
 
 def _val_rows(out):
@@ -271,8 +342,109 @@ def test_unusable_run_folders_and_last_pt_are_named(tmp_path):
         run = tmp_path / name
         shutil.copytree(tmp_path / "r", run)
         (run / "last.pt").write_bytes(content)
-        with pytest.raises(CheckpointError, match=rf"last\.pt: {message}.*move it away to start over"):
+        with pytest.raises(CheckpointError, match=rf"last\.pt: {message}.*use a new --out folder to start over"):
             train(cfg, run)
+
+
+def test_a_run_folder_without_last_pt_is_not_overwritten(tmp_path):
+    """last.pt moved away (the old advice), or a folder where only best.pt was kept: a new run there would truncate
+    log.jsonl and overwrite best.pt. It is refused, naming them, and nothing is touched."""
+    cfg = TrainConfig(**TINY, distill_on="none", max_steps=1)
+    run = tmp_path / "r"
+    train(cfg, run)
+    (run / "last.pt").rename(tmp_path / "moved_last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(UserError, match=r"r: has best\.pt and log\.jsonl but no last\.pt .*new --out folder"):
+        train(cfg, run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    (run / "log.jsonl").unlink()
+    with pytest.raises(UserError, match=r"has best\.pt but no last\.pt"):
+        train(cfg, run)
+    (run / "best.pt").unlink()
+    (run / "log.jsonl").write_text("")          # an empty log holds nothing: a new run may start
+    assert [r["step"] for r in train(cfg, run).history if r["kind"] == "train"] == [1]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    """Killed after its first validation (best.pt, log rows) but before its first last.pt, a run's folder holds
+    only its own files: the same command starts it again and ends as the uninterrupted run."""
+    import tinyhd.training as tt
+
+    real = tt.atomic_torch_save
+
+    def killed_at_first_last_pt(payload, path):
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt("killed")
+        real(payload, path)
+
+    cfg = TrainConfig(**{**TINY, "epochs": 2}, distill_on="none", checkpoint_every=100)
+    ref = train(cfg, tmp_path / "ref")
+    monkeypatch.setattr(tt, "atomic_torch_save", killed_at_first_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "k")
+    assert (tmp_path / "k" / "best.pt").is_file() and _val_rows(tmp_path / "k") == [(0, 2)]
+    assert not (tmp_path / "k" / "last.pt").exists()
+    monkeypatch.setattr(tt, "atomic_torch_save", real)
+    again = train(cfg, tmp_path / "k")
+    assert _val_rows(tmp_path / "k") == [(0, 2), (1, 4)]
+    assert [r for r in again.history if r["kind"] == "train"] == [r for r in ref.history if r["kind"] == "train"]
+    assert not (tmp_path / "k" / tt.STARTED).exists()
+
+
+def test_one_trainer_per_run_folder(tmp_path):
+    """A second trainer on a folder whose lock is held (another process, here another open file) is refused before
+    it writes anything; the lock goes with the run that held it."""
+    import fcntl
+
+    cfg = TrainConfig(**TINY, distill_on="none", max_steps=1)
+    run = tmp_path / "r"
+    run.mkdir()
+    with open(run / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match=r"r: another trainer is running in this folder"):
+            train(cfg, run)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert [r["step"] for r in train(cfg, run).history if r["kind"] == "train"] == [1]
+    with open(run / ".lock", "a") as fh:            # released at the end of the run
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_two_trainer_processes_on_one_folder(tmp_path):
+    """The same with a real second process: while one `tinyhd train` runs in a folder, another is refused (exit
+    status 2, the folder named) and the first one's log keeps each of its steps once, in order."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "r" / "log.jsonl"
+    cmd = [sys.executable, "-m", "tinyhd", "train", "smoke", "--out", str(tmp_path / "r"),
+           "--set", "epochs=100000", "--set", "max_steps=100000", "--set", "progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and log.read_text().count("\n") >= 1):   # it holds the folder and is stepping
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start stepping"
+            time.sleep(0.1)
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)  # (used to train on)
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"{tmp_path / 'r'}: another trainer is running in this folder" in second.stderr
+    from tinyhd.training import _read_log
+
+    steps = [r["step"] for r in _read_log(log) if r["kind"] == "train"]    # (a line cut by the kill is skipped)
+    assert steps == list(range(1, len(steps) + 1))
+
+
+def test_a_failed_data_check_leaves_no_run_folder(tmp_path):
+    cfg = TrainConfig(**TINY, distill_on="none", max_steps=1, data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="nowhere"):
+        train(cfg, tmp_path / "new" / "run")
+    assert not (tmp_path / "new" / "run").exists()
 
 
 def test_a_path_spelled_differently_still_resumes(tmp_path):
@@ -341,6 +513,73 @@ def test_hd2s_teacher_on_the_fly(tmp_path):
     res = train(cfg, tmp_path / "run")
     rows = [r for r in res.history if r["kind"] == "train"]
     assert rows[0]["kd_final"] > 0 and rows[0]["kd_d1"] > 0
+
+
+def test_hd2s_teacher_gives_mimo_targets_the_frames_before_the_clip(tmp_path):
+    """teacher: hd2s:CKPT on TinyHD-M clips that do not start the video: target frame t's window is the 16 video
+    frames ending at t, decoded from the run's own datasets (target and auxiliary), so the maps are the cache's
+    (tinyhd.teacher_cache, the same weights and videos) up to its uint8 rounding. It used to pad the frames before
+    the clip with the clip's first one (off by ~0.06 in the final map and ~0.5 in the conspicuity maps here)."""
+    from tinyhd import teacher as tt
+    from tinyhd.synth import ensure_synthetic
+    from tinyhd.teacher_cache import CachedTeacher, build_teacher_cache, recalibrate_batchnorm
+    from tinyhd.training import build_data, build_teacher
+    from tinyhd.video import read_video
+
+    root = ensure_synthetic("dhf1k", progress=False)
+    torch.manual_seed(0)
+    # BatchNorm statistics of real clips: a freshly initialised HD2S gives the same maps whatever its input
+    hd2s = recalibrate_batchnorm(tt.HD2S(), root, (32, 64), clips_per_video=1, batch_size=8)
+    tt.save_hd2s(hd2s, tmp_path / "hd2s.pt")
+    build_teacher_cache(tt.load_hd2s(tmp_path / "hd2s.pt"), root, tmp_path / "cache", size=(32, 64), max_videos=1,
+                        progress=False)
+    cfg = TrainConfig(size=(32, 64), output="multi", flip=False, max_videos=1, max_aux_videos=1, device="cpu",
+                      teacher=f"hd2s:{tmp_path / 'hd2s.pt'}", distill_on="all").validate()
+    ds = build_data(cfg).train[0][1]
+    ds.set_epoch(0)
+    item = ds[0]
+    assert item["frame_index"][0] > 0                   # the clip starts after the video's first frame
+    batch = collate([{**item, "source": "target"}])
+    online, cached = build_teacher(cfg)(batch), CachedTeacher(tmp_path / "cache")(batch)
+    padded = tt.OnlineTeacher(tt.load_hd2s(tmp_path / "hd2s.pt"))(batch)   # the old behaviour
+    for key in ("final", "conspicuity"):
+        assert online[key].shape == cached[key].shape
+        assert float((online[key] - cached[key]).abs().max()) <= 1 / 255, key
+    assert float((padded["conspicuity"] - cached["conspicuity"]).abs().max()) > 0.1   # the check can fail
+    # an auxiliary video's frames come from the auxiliary set
+    frames = build_teacher(cfg).frames
+    aux = build_data(cfg).aux.entries[0]
+    assert np.array_equal(frames(aux.id)[np.array([0, 5])], read_video(aux.source)[[0, 5]])
+
+
+def test_dsl_teacher_distils_from_the_named_domain(tmp_path):
+    """teacher: hd2s:CKPT of an HD2S_DSL needs teacher_domain (its domains give different maps; it used the first
+    one silently); any other teacher refuses it."""
+    from tinyhd import teacher as tt
+    from tinyhd.training import build_teacher
+
+    torch.manual_seed(0)
+    dsl = tt.HD2S_DSL(domains=["DHF1K", "UCF"]).eval()
+    with torch.no_grad():
+        dsl.last_block__ucf[0].bias += 2.0              # fresh domains start alike: make UCF's fusion its own
+    tt.save_hd2s(dsl, tmp_path / "dsl.pt")
+    tt.save_hd2s(tt.HD2S(), tmp_path / "hd2s.pt")
+    batch = {"clip": torch.randn(1, 3, 16, 32, 32), "frame_index": torch.tensor([[15]]), "video": ["001"],
+             "flip": torch.tensor([False])}
+    cfg = TrainConfig(**TINY, teacher=f"hd2s:{tmp_path / 'dsl.pt'}", distill_on="target")
+    with pytest.raises(UserError, match=r"dsl\.pt: an HD2S_DSL checkpoint with domains .*set teacher_domain"):
+        build_teacher(cfg)
+    with pytest.raises(UserError, match=r"teacher_domain 'Hollywood'.*one of DHF1K, UCF"):
+        build_teacher(replace(cfg, teacher_domain="Hollywood"))
+    maps = build_teacher(replace(cfg, teacher_domain="ucf"))(batch)["final"]
+    from tinyhd.preprocess import student_to_teacher_input
+
+    with torch.no_grad():
+        x = student_to_teacher_input(batch["clip"])
+        ucf, dhf1k = dsl(x, domain="UCF").saliency, dsl(x, domain="DHF1K").saliency
+    assert torch.equal(maps[:, 0], ucf[:, 0]) and not torch.equal(ucf, dhf1k)
+    with pytest.raises(UserError, match=r"hd2s\.pt: a HD2S checkpoint has no domains"):
+        build_teacher(replace(cfg, teacher=f"hd2s:{tmp_path / 'hd2s.pt'}", teacher_domain="UCF"))
 
 
 def test_student_teacher_contract():
@@ -496,3 +735,24 @@ def test_progress_bar_is_sparse_outside_a_terminal(tmp_path, capsys):
     err = capsys.readouterr().err
     draws = err.count("train p:")
     assert 1 <= draws <= 3, err
+
+
+def test_validation_clips_are_resized_then_centre_cropped_as_the_authors_loader_does(tmp_path):
+    """Sheet (e) "Val": 200×355 then a 192×256 centre crop (scaled for reduced sizes); training clips are a plain
+    resize. The val item equals a dataset built with that val_resize, and differs from a plain resize."""
+    from tinyhd import data as tdata
+    from tinyhd.synth import ensure_synthetic
+    from tinyhd.training import build_datasets
+
+    cfg = TrainConfig(size=(32, 64), val_videos=1, val_clips_per_video=1, distill_on="none").validate()
+    train_ds, _, val_ds = build_datasets(cfg)
+    assert train_ds.val_resize is None and val_ds.val_resize == (33, 89) == tdata.val_resize_for((32, 64))
+    assert tdata.val_resize_for((192, 256)) == (200, 355)
+    root = ensure_synthetic("dhf1k", progress=False)
+    kw = dict(split="val", sampling="uniform", flip=False, max_videos=1, clips_per_video=1, size=(32, 64),
+              clip_len=cfg.clip_len, output=cfg.output, seed=cfg.seed)
+    by_hand = tdata.SaliencyClipDataset(root, val_resize=(33, 89), **kw)[0]
+    plain = tdata.SaliencyClipDataset(root, **kw)[0]
+    item = val_ds[0]
+    assert torch.equal(item["clip"], by_hand["clip"]) and torch.equal(item["saliency"], by_hand["saliency"])
+    assert not torch.equal(item["clip"], plain["clip"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def test_kind_defaults_and_tinyhd_unchanged():
     ({"model": "hd2s_dsl", "dsl_sources": [{"name": "A"}, {"name": "a"}]}, "dsl_sources"),
     ({"model": "hd2s_dsl", "dsl_sources": [{"name": "A", "path": "/x"}]}, "dsl_sources"),
     ({"model": "hd2s_dsl", "dsl_sources": [{"name": "A", "dataset": "kinetics"}]}, "dsl_sources"),
+    ({"model": "hd2s", "da_multilevel": True}, "da_multilevel"),       # DA-only keys were ignored by other kinds
+    ({"model": "hd2s_dsl", "dsl_sources": [{"name": "A"}], "da_target_root": "/x"}, "da_target_root"),
+    ({"model": "hd2s", "teacher_domain": "A"}, "teacher_domain"),
 ])
 def test_bad_hd2s_values_are_named(values, field):
     with pytest.raises(UserError, match=f"cfg.yaml: {field}"):
@@ -211,6 +215,34 @@ def test_interrupted_da_run_resumes_to_the_uninterrupted_weights(tmp_path, monke
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert _rows(tmp_path / "cut") == _rows(tmp_path / "ref")  # each step logged once, same values
     assert all(torch.equal(v, cut.model.state_dict()[k]) for k, v in ref.model.state_dict().items())
+
+
+def test_extended_da_run_keeps_the_lambda_schedule_it_started(tmp_path, monkeypatch):
+    """λ's progress p = mini-batch counter / (horizon × accumulation), the horizon fixed at the run's first start
+    and kept in its state. A run stopped at max_steps 2 and extended to 4 goes on along its schedule (p = 1, 1.5:
+    λ never steps back); it used to re-time it (p = 0.5 at step 3 after 0.5 at step 2). An interrupted run resumed
+    with the same config is the uninterrupted one (test_interrupted_da_run_resumes_to_the_uninterrupted_weights)."""
+    import tinyhd.training as training
+
+    real, progress = training.step_loss, []
+
+    def recording(cfg, model, batch, device, use_amp, teacher, p):
+        progress.append(p)
+        return real(cfg, model, batch, device, use_amp, teacher, p)
+
+    monkeypatch.setattr(training, "step_loss", recording)
+    cfg = _cfg("hd2s_da_smoke", max_steps=2, val_every=0, checkpoint_every=100)
+    train(cfg, tmp_path / "r")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(_cfg("hd2s_da_smoke", max_steps=4, val_every=0, checkpoint_every=100), tmp_path / "r")
+    assert progress == [0.0, 0.5, 1.0, 1.5]
+    assert any("keeps the schedule of this run's first start (2 steps)" in str(w.message) for w in caught)
+    rows = _rows(tmp_path / "r")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert r["lambda"] == pytest.approx(tteacher.grl_lambda((r["step"] - 1) / 2), abs=1e-6)
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True, mmap=True)["state"]["lambda_steps"] == 2
 
 
 # -- domain-specific learning -------------------------------------------------------------------------------------

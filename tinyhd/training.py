@@ -81,7 +81,11 @@ RESUMABLE_CHANGES = _KEY_EXCLUDED | {"val_every", "val_clips_per_video"}  # vali
 # fields added with HD2S training: left out of config_key() at these defaults, so older run folders keep their names
 _ADDED_DEFAULTS: dict[str, Any] = {"model": "tinyhd", "accumulation": 1, "head_lr_mult": 1.0, "val_every": None,
                                    "da_target_root": None, "da_target_dataset": "kinetics", "da_multilevel": False,
-                                   "dsl_sources": None}
+                                   "dsl_sources": None, "teacher_domain": None}
+# fields that only one model kind reads (a value other than the default is refused for the others, not ignored)
+_KIND_ONLY: dict[str, tuple[str, ...]] = {"head_lr_mult": HD2S_MODELS, "da_target_root": ("hd2s_da",),
+                                          "da_target_dataset": ("hd2s_da",), "da_multilevel": ("hd2s_da",),
+                                          "dsl_sources": ("hd2s_dsl",)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,6 +128,8 @@ class TrainConfig:
     teacher: str | None = None            # "cache:PATH" | "hd2s:CKPT" | "student:CKPT" | "reduced" | None
     distill_on: str | None = None         # "none" (GT only) | "target" (+KD on TD) | "all" (+KD on AD); None → "all"
                                           # (HD2S kinds: "none", the only choice)
+    teacher_domain: str | None = None     # teacher hd2s:CKPT of an HD2S_DSL: the domain whose maps are distilled
+                                          # (required for such a checkpoint, refused for any other teacher)
     # optimisation (paper §4.2; sheet (e))
     optimizer: str | None = None          # "sgd" (the paper) | "adam" (reduced-scale runs; HD2S); None → per kind
     epochs: int = 200
@@ -194,6 +200,19 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "clip_len", "checkpoint_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be at least 1")
+        for name, kinds in _KIND_ONLY.items():
+            if self.model not in kinds and getattr(self, name) != _ADDED_DEFAULTS[name]:
+                raise bad(name, f"only used with model: {' | '.join(kinds)} (this config trains {self.model!r}); "
+                                f"leave it out")
+        if self.teacher_domain is not None and not str(self.teacher).startswith("hd2s:"):
+            raise bad("teacher_domain", "only used with teacher: hd2s:CKPT (an HD2S_DSL checkpoint: the domain "
+                                        "to distil from)")
+        self._validate_device(bad)
+        decoders = self.decoders
+        if (not isinstance(decoders, (tuple, list)) or not decoders
+                or any(not isinstance(d, str) or d not in ("d1", "d2", "d3") for d in decoders)):
+            raise bad("decoders", "must be a non-empty list of d1, d2, d3, e.g. [d1, d2, d3] or [d1]")
+        self.decoders = tuple(decoders)
         if self.model == "tinyhd" and self.output == "multi" and self.clip_len != 16:
             raise bad("clip_len", "TinyHD-M (output: multi) maps 16 frames to 16: it must be 16")
         if self.model == "tinyhd" and self.clip_len > 16:
@@ -204,6 +223,13 @@ class TrainConfig:
             raise bad("optimizer", f"must be one of {OPTIMIZERS}")
         if self.lr <= 0:
             raise bad("lr", "must be positive")
+        if not 0 <= self.momentum < 1:
+            raise bad("momentum", "must be in [0, 1)")
+        if self.gamma <= 0:
+            raise bad("gamma", "must be positive (the lr is multiplied by it at each milestone)")
+        for name in ("weight_decay", "encoder_lr_mult", "bias_lr_mult"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
         if self.aux_per_target < 0:
             raise bad("aux_per_target", "must be >= 0")
         if self.teacher and not (self.teacher == "reduced" or self.teacher.split(":", 1)[0] in ("cache", "hd2s", "student")):
@@ -243,6 +269,21 @@ class TrainConfig:
                     setattr(self, f.name, value)
             if not holds[kind](value):
                 raise bad(f.name, f"must be {words[kind]}{' or null' if 'None' in parts else ''}")
+
+    def _validate_device(self, bad: Callable[[str, str], UserError]) -> None:
+        """``device`` names a device of this machine ("auto", "cpu", "cuda", "cuda:N"), so a typo or a missing GPU
+        is named here rather than by a traceback at the first tensor moved there."""
+        if self.device == "auto":
+            return
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise bad("device", "not a device: use auto, cpu, cuda or cuda:N") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise bad("device", "no CUDA device is available on this machine (use cpu or auto)")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise bad("device", f"this machine has {torch.cuda.device_count()} CUDA device(s)")
 
     def _validate_hd2s(self, bad: Callable[[str, str], UserError]) -> None:
         """The extra rules of the HD2S kinds (HD2S sheet §1 "Constraints", §10, §11)."""
@@ -284,8 +325,6 @@ class TrainConfig:
                 names.append(src["name"].lower())
             if len(set(names)) != len(names):
                 raise bad("dsl_sources", "source names must differ (case-insensitively)")
-        elif self.dsl_sources:
-            raise bad("dsl_sources", "only used with model: hd2s_dsl")
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
@@ -308,7 +347,6 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Train
         cfg.milestones = tuple(int(m) for m in cfg.milestones)  # type: ignore[assignment, union-attr]
     except (TypeError, ValueError) as exc:
         raise UserError(f"{source}: size / milestones must be lists of integers ({exc})") from None
-    cfg.decoders = tuple(cfg.decoders)
     if cfg.dsl_sources is not None:
         cfg.dsl_sources = tuple(dict(s) if isinstance(s, Mapping) else s for s in cfg.dsl_sources)  # type: ignore
     return cfg.validate(source)
@@ -427,9 +465,12 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset]:
     common = dict(clip_len=cfg.clip_len, size=tuple(cfg.size), output=cfg.output, seed=cfg.seed)
     train_ds: Dataset = tdata.SaliencyClipDataset(root, split="train", dataset=cfg.dataset, sampling="random",
                                                   flip=cfg.flip, max_videos=cfg.max_videos, **common)
+    # validation clips as the authors' loader makes them (sheet (e)): resized to 200×355 (scaled with size), then
+    # centre-cropped to size; it is what picks best.pt
     val_ds: Dataset = tdata.SaliencyClipDataset(root, split="val", dataset=cfg.dataset, sampling="uniform",
                                                 flip=False, max_videos=cfg.val_videos,
-                                                clips_per_video=cfg.val_clips_per_video, **common)
+                                                clips_per_video=cfg.val_clips_per_video,
+                                                val_resize=tdata.val_resize_for(common["size"]), **common)
     aux_ds = None
     if cfg.distill_on == "all" and cfg.aux_per_target > 0:
         aux_root = Path(cfg.aux_root) if cfg.aux_root else ensure_synthetic("kinetics", progress=False)
@@ -733,8 +774,84 @@ class StudentTeacher:
         return {"final": out.saliency.float(), "conspicuity": d1.float()}
 
 
-def build_teacher(cfg: TrainConfig, device: torch.device | str = "cpu") -> Callable | None:
-    """The teacher named by ``cfg.teacher`` (None when ``distill_on`` is "none")."""
+class _FramesOnDemand:
+    """A video's frames decoded when indexed: ``video[indices]`` (an integer array) is len(indices)×H×W×3 uint8
+    RGB, only the span asked for decoded (:func:`tinyhd.video.read_video`, as the datasets read clips)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __getitem__(self, indices: Any) -> np.ndarray:
+        from tinyhd.video import read_video
+
+        return read_video(self.path, indices=np.asarray(indices, dtype=np.int64).reshape(-1))
+
+
+class _VideoFrames:
+    """``video id -> its frames`` (N×H×W×3 uint8 RGB, decoded when indexed) for the run's training videos (target
+    and auxiliary sets): what :class:`tinyhd.teacher.OnlineTeacher` needs to give a MIMO target frame the 15 real
+    frames before it when they precede the clip (padding them with the clip's first frame gives other maps than the
+    cache's). The datasets are those of ``data``, or of ``cfg`` built on the first call (MISO never calls). Only the
+    windows' frames are decoded: a whole DHF1K video is ~500 MB of frames, per clip."""
+
+    def __init__(self, cfg: TrainConfig, data: "_Data | None" = None) -> None:
+        self.cfg, self.data = cfg, data
+        self._sources: dict[str, set[Path]] | None = None
+
+    def __call__(self, video: str) -> _FramesOnDemand:
+        from tinyhd.errors import DataError
+
+        if self._sources is None:
+            data = self.data if self.data is not None else build_data(self.cfg)
+            self._sources = {}
+            for ds in [ds for _, ds in data.train] + ([data.aux] if data.aux is not None else []):
+                for e in ds.entries:
+                    self._sources.setdefault(e.id, set()).add(Path(e.source))
+        found = self._sources.get(video, set())
+        if not found:
+            raise DataError(f"teacher {self.cfg.teacher}: video {video!r} is in none of this run's training sets")
+        if len(found) > 1:  # the batch names videos by id only (as the caches do)
+            raise DataError(f"teacher {self.cfg.teacher}: video id {video!r} names {len(found)} videos "
+                            f"({', '.join(sorted(map(str, found)))}): the teacher cannot tell whose frames to use")
+        return _FramesOnDemand(next(iter(found)))
+
+
+class _DomainHD2S(nn.Module):
+    """An HD2S_DSL seen through one of its domains: ``forward(x)`` is ``hd2s(x, domain=domain)`` (what
+    :class:`tinyhd.teacher.OnlineTeacher` calls)."""
+
+    def __init__(self, hd2s: nn.Module, domain: str) -> None:
+        super().__init__()
+        self.hd2s, self.domain = hd2s, domain
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.hd2s(x, domain=self.domain)
+
+
+def _teacher_hd2s(cfg: TrainConfig, path: str) -> nn.Module:
+    """The HD2S of ``teacher: hd2s:PATH`` (ours or the authors' layout); an HD2S_DSL through ``teacher_domain``,
+    which such a checkpoint needs (its domains give different maps) and any other refuses."""
+    from tinyhd import teacher as tteacher
+
+    model = tteacher.load_hd2s(path)
+    if isinstance(model, tteacher.HD2S_DSL):
+        names = {d.lower(): d for d in model.domains}
+        if cfg.teacher_domain is None or cfg.teacher_domain.lower() not in names:
+            why = "set teacher_domain" if cfg.teacher_domain is None else f"teacher_domain {cfg.teacher_domain!r}"
+            raise UserError(f"teacher {cfg.teacher}: an HD2S_DSL checkpoint with domains {model.domains}: {why} "
+                            f"to the one whose maps are distilled (one of {', '.join(model.domains)})")
+        return _DomainHD2S(model, names[cfg.teacher_domain.lower()])
+    if cfg.teacher_domain is not None:
+        raise UserError(f"teacher {cfg.teacher}: a {type(model).__name__} checkpoint has no domains: leave "
+                        f"teacher_domain ({cfg.teacher_domain!r}) unset")
+    return model
+
+
+def build_teacher(cfg: TrainConfig, device: torch.device | str = "cpu", data: "_Data | None" = None
+                  ) -> Callable | None:
+    """The teacher named by ``cfg.teacher`` (None when ``distill_on`` is "none"). ``data``: the run's datasets
+    (:func:`build_data`), where ``hd2s:CKPT`` finds the frames before a MIMO clip (built from ``cfg`` when
+    needed if not given)."""
     if cfg.distill_on == "none" or not cfg.teacher:
         return None
     kind, _, arg = cfg.teacher.partition(":")
@@ -745,7 +862,7 @@ def build_teacher(cfg: TrainConfig, device: torch.device | str = "cpu") -> Calla
     if kind == "hd2s":
         from tinyhd import teacher as tteacher
 
-        return tteacher.OnlineTeacher(tteacher.load_hd2s(arg), device=device)  # ours or the authors' layout
+        return tteacher.OnlineTeacher(_teacher_hd2s(cfg, arg), device=device, frames=_VideoFrames(cfg, data))
     if kind == "student":
         return StudentTeacher(load_model(arg), device)
     if kind == "reduced":
@@ -991,6 +1108,77 @@ def _uses_cpu_fast_path(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.cpu_fast_path and cfg.model == "tinyhd" and device.type == "cpu"
 
 
+LOCK = ".lock"  # held (flock) by the trainer running in a run folder
+# present from a fresh run's start until its first last.pt: the folder's best.pt / log.jsonl are then that run's
+# own (killed before its first checkpoint) and are redone; without it and without last.pt they belong to a run that
+# cannot be resumed, and are not overwritten
+STARTED = ".started-no-checkpoint-yet"
+
+
+def _remove_if_unused(created: Sequence[Path]) -> None:
+    """Remove the run folder (and the parents) this trainer created when the run stopped before writing anything
+    into it; ``created`` innermost first."""
+    try:
+        if {p.name for p in created[0].iterdir()} <= {LOCK}:
+            (created[0] / LOCK).unlink(missing_ok=True)
+            for folder in created:
+                folder.rmdir()
+    except OSError:
+        pass
+
+
+def _claim_run_folder(out_dir: Path, stack: contextlib.ExitStack) -> str | None:
+    """Create ``out_dir`` and lock it for this run (an exclusive ``flock`` on ``out_dir/.lock``, released when
+    ``stack`` closes: at the end of the run, also on an error or a kill). Two trainers on one folder would
+    interleave ``log.jsonl`` and delete each other's temporary files. Returns why the run cannot start here (another
+    trainer holds the folder; ``best.pt`` or a non-empty ``log.jsonl`` without the ``last.pt`` to resume them, which a
+    new run would overwrite), or None. A folder created here is removed again if the run writes nothing into it."""
+    import fcntl
+
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # innermost first
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(out_dir / LOCK, "a")
+    stack.callback(fh.close)  # closing the file releases the lock
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return (f"{out_dir}: another trainer is running in this folder (it holds {out_dir / LOCK}); wait for it to "
+                f"end, or use a new --out folder")
+    if created:
+        stack.callback(_remove_if_unused, created)  # runs before the lock is released
+    if not (out_dir / "last.pt").is_file() and not (out_dir / STARTED).is_file():
+        log = out_dir / "log.jsonl"
+        kept = [p.name for p in (out_dir / "best.pt", log) if p.is_file() and (p != log or p.stat().st_size > 0)]
+        if kept:
+            return (f"{out_dir}: has {' and '.join(kept)} but no last.pt to resume from; a new run here would "
+                    f"overwrite {'them' if len(kept) > 1 else 'it'}: use a new --out folder (or move this whole "
+                    f"folder away), or put the run's last.pt back to resume it")
+    return None
+
+
+def _verify_teacher_sources(teacher: Any, data: _Data, cfg: TrainConfig) -> None:
+    """A cache-like teacher (``verify_sources``) checks that it holds maps of every video the run distils on. When
+    only auxiliary videos lack maps (a cache of a Kinetics subset, ``cache-teacher --max-videos N``), the error
+    says how many of the first auxiliary videos are cached: ``max_aux_videos`` takes exactly those."""
+    from tinyhd.errors import DataError
+
+    target = [e for _, ds in data.train for e in ds.entries]
+    aux = list(data.aux.entries) if data.aux is not None else []
+    try:
+        teacher.verify_sources(target + aux)
+    except DataError as exc:
+        index = getattr(teacher, "index", None)
+        if not aux or not isinstance(index, Mapping) or any(e.id not in index for e in target) \
+                or all(e.id in index for e in aux):
+            raise
+        cached = next((i for i, e in enumerate(aux) if e.id not in index), len(aux))
+        hint = (f"set max_aux_videos: {cached} (--set max_aux_videos={cached}) to distil on the first {cached} "
+                f"auxiliary videos, which it has" if cached else
+                "it has none of the first auxiliary videos: cache them with `tinyhd cache-teacher` (on aux_root)")
+        raise DataError(f"{exc}. Only auxiliary videos lack maps ({sum(e.id not in index for e in aux)} of the "
+                        f"{len(aux)} this run uses, max_aux_videos: {cfg.max_aux_videos}): {hint}") from exc
+
+
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None = None,
           model: nn.Module | None = None) -> TrainResult:
     """Train (or distil) TinyHD — or train HD2S (``cfg.model``) — per ``cfg`` into ``out_dir``; resume from
@@ -1001,6 +1189,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | None
     Returns the trained model (final weights), the history (the JSON-lines log) and the checkpoint paths.
     On a CPU, TinyHD trains through :func:`tinyhd.cpu_train.cpu_training` (``cpu_fast_path``); the returned model
     is a plain TinyHD again, also when training stops with an error.
+
+    One trainer per folder: the run holds an exclusive lock on ``out_dir/.lock`` and a second one is refused. A
+    folder with ``best.pt`` or a non-empty ``log.jsonl`` but no ``last.pt`` (other than a run killed before its
+    first checkpoint) is refused rather than overwritten. Raising ``epochs`` or ``max_steps`` continues a run; for
+    ``hd2s_da`` the gradient-reversal λ keeps the horizon of the run's first start (stored in its state), so an
+    extended run goes on along the schedule it started with.
     """
     with contextlib.ExitStack() as stack:
         return _train(cfg, out_dir, teacher, model, stack)
@@ -1030,12 +1224,20 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     use_amp = cfg.amp and device.type == "cuda"
+
+    data = build_data(cfg)  # first: a wrong path or a bad dataset fails before the run folder is created
+
+    # -- the run folder: one trainer at a time (rank 0 holds the lock), nothing of a run it cannot resume lost ----
+    problem = _claim_run_folder(out_dir, stack) if is_main else None
+    if world > 1:  # every rank stops with rank 0's reason (the others would wait for it at the first collective)
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise UserError(problem)
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".*.pt.*.tmp"):  # a temp file left by a kill mid-write (never a checkpoint)
             stale.unlink(missing_ok=True)
-
-    data = build_data(cfg)
 
     # -- resume state, model, optimizer ------------------------------------------------------------------
     ckpt = None
@@ -1045,12 +1247,14 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
         try:
             ckpt = read_torch_file(last_path)
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; cannot resume from it: move it away to start over") from exc
+            raise CheckpointError(f"{exc}; cannot resume from it: use a new --out folder to start over (or move "
+                                  f"this whole folder away)") from exc
         lacking = sorted({"state", "optimizer", "scheduler", "scaler", "rng"} - set(ckpt)) if isinstance(ckpt, dict) \
             else ["everything"]
         if lacking:  # e.g. a best.pt (weights only) copied over last.pt
             raise CheckpointError(f"{last_path}: not a resumable checkpoint of this trainer (no {', '.join(lacking)}); "
-                                  f"cannot resume from it: move it away to start over")
+                                  f"cannot resume from it: use a new --out folder to start over (or move this "
+                                  f"whole folder away)")
         saved = ckpt.get("train_config", {})
         changed = sorted(k for k, v in asdict(cfg).items()
                          if k not in RESUMABLE_CHANGES and k in saved and _norm(saved[k], k) != _norm(v, k))
@@ -1076,12 +1280,11 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
         from tinyhd.cpu_train import cpu_training
 
         stack.enter_context(cpu_training(model))
-    teacher = teacher if teacher is not None else build_teacher(cfg, device)
+    teacher = teacher if teacher is not None else build_teacher(cfg, device, data)
     if cfg.distill_on != "none" and teacher is None:
         raise UserError("distill_on is not 'none' but there is no teacher")
     if hasattr(teacher, "verify_sources"):  # a cache: built from the videos this run distils on?
-        teacher.verify_sources([e for _, ds in data.train for e in ds.entries]
-                               + (list(data.aux.entries) if data.aux is not None else []))
+        _verify_teacher_sources(teacher, data, cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -1102,6 +1305,11 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
     else:
         rows = _read_log(log_path, max_step=state["step"])
     state["log_rows"] = len(rows)
+    if is_main:  # until the first last.pt, the folder's files are this run's own (see STARTED)
+        if ckpt is None:
+            (out_dir / STARTED).touch()
+        else:
+            (out_dir / STARTED).unlink(missing_ok=True)
     text = "".join(json.dumps(r) + "\n" for r in rows)
     # rewritten only when lines are dropped (a finished run called again leaves its log as it is, mtime included)
     if is_main and (not log_path.is_file() or log_path.read_text() != text):
@@ -1123,6 +1331,8 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
             payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                            scaler=scaler.state_dict(), rng=_rng_state())
         atomic_torch_save(payload, path)
+        if resumable:
+            (out_dir / STARTED).unlink(missing_ok=True)
 
     def log(row: dict[str, Any]) -> None:
         if is_main:
@@ -1162,6 +1372,16 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
         n_batches = minibatches_per_epoch(cfg, data)
     steps_per_epoch = math.ceil(n_batches / A)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    # DA: λ's progress p = mini-batch counter / (horizon × accumulation), the horizon fixed at the run's first start
+    # (kept in the state): a run extended by a larger max_steps / epochs goes on along the schedule it started
+    # (λ never steps back; past the horizon λ → 1) instead of re-timing it mid-run
+    horizon = int(state.get("lambda_steps") or total)
+    if cfg.model == "hd2s_da":
+        if horizon != total and is_main:
+            warnings.warn(f"{out_dir}: the gradient-reversal λ keeps the schedule of this run's first start "
+                          f"({horizon} steps), not the {total} steps of max_steps / epochs now; for a schedule over "
+                          f"{total} steps start a new --out folder", stacklevel=3)
+        state["lambda_steps"] = horizon
 
     from tqdm import tqdm
 
@@ -1193,7 +1413,7 @@ def _train(cfg: TrainConfig, out_dir: str | os.PathLike, teacher: Callable | Non
             if i % A == 0:
                 optimizer.zero_grad(set_to_none=True)  # None, not 0: Adam leaves such parameters untouched (DSL)
                 sums = {}
-            progress = (state["step"] * A + i % A) / (total * A)  # DA: p = mini-batch counter / (steps × pile)
+            progress = (state["step"] * A + i % A) / (horizon * A)  # DA: p = mini-batch counter / (steps × pile)
             terms = step_loss(cfg, ddp_model, batch, device, use_amp, teacher, progress)
             scaler.scale(terms["total"]).backward()
             for k, v in terms.items():
