@@ -182,3 +182,12 @@ def test_reduce_channels_rejects_bad_factors(full_s):
     quarter = tinyhd.reduce_channels(full_s, 4)
     with pytest.raises(UserError, match="reductions 1, 2 and 4"):
         tinyhd.reduce_channels(quarter, 2)
+
+
+def test_a_reduced_student_gets_the_default_fusion_order():
+    """The reduced student's fusion is fresh: the default input order, as the authors' rc2/rc4 M models have
+    (only their ×1 M model puts D1's maps last)."""
+    from tinyhd import TinyHD, reduce_channels
+
+    big = TinyHD(output="multi", fusion_order="d1_last")
+    assert reduce_channels(big, 2).config["fusion_order"] == "default"

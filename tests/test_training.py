@@ -32,10 +32,14 @@ def test_defaults_are_the_paper_recipe():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_packaged_configs_parse(name):
+    from tinyhd.training import _stage_refs
+
     values = yaml.safe_load((CONFIGS / name).read_text())
     stages = values.pop("stages", None) or [{}]
-    for stage in stages:
+    for i, stage in enumerate(stages):
         merged = {**values, **{k: v for k, v in stage.items() if k != "name"}}
+        earlier = [s["name"] for s in stages[:i]]
+        assert all(ref in earlier for _, ref in _stage_refs(merged)), (name, stage)   # '@name': an earlier stage
         merged = {k: (v.replace("@", "/x/") if isinstance(v, str) else v) for k, v in merged.items()}
         config_from_dict(merged, source=name)
 
@@ -756,3 +760,68 @@ def test_validation_clips_are_resized_then_centre_cropped_as_the_authors_loader_
     item = val_ds[0]
     assert torch.equal(item["clip"], by_hand["clip"]) and torch.equal(item["saliency"], by_hand["saliency"])
     assert not torch.equal(item["clip"], plain["clip"])
+
+
+def _chain_file(tmp_path, stages, **base):
+    cfg = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in TINY.items()}, "max_steps": 1,
+           "distill_on": "none", **base, "stages": stages}
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("stages, message", [
+    (["x1", "x2"], r"stage 1 is 'x1', expected a mapping"),
+    ([{"name": 2}], r"stage 1 needs a 'name' that is a folder name .* got 2"),
+    ([{"name": "a/b"}], r"stage 1 needs a 'name'"),
+    ([{"name": "x1"}, {"name": "half", "init_from": "@quarter", "reduce_factor": 2},
+      {"name": "quarter", "init_from": "@half", "reduce_factor": 2}],
+     r"stage half.*init_from refers to '@quarter', which is a later stage"),
+    ([{"name": "x1"}, {"name": "half", "teacher": "student:@x2", "distill_on": "target"}],
+     r"stage half.*teacher refers to '@x2', which is not a stage"),
+    ([{"name": "x1"}, {"name": "half", "init_from": "@x1", "reduce_factr": 2}], r"stage half.*'reduce_factr'"),
+])
+def test_a_chain_is_checked_whole_before_its_first_stage_trains(tmp_path, stages, message):
+    """A malformed stage list, a typo or a bad '@name' in a later stage is named before any stage trains (it
+    was found after the earlier stages had trained, or as a bare traceback)."""
+    from tinyhd.training import run_config_file
+
+    path = _chain_file(tmp_path, stages)
+    with pytest.raises(UserError, match=message):
+        run_config_file(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_changes_the_shared_keys_and_a_stage_keeps_its_own(tmp_path, monkeypatch, capsys):
+    """--set teacher=… on a TA chain changes the HD2S stages' teacher, not the TA stage's student:@x1."""
+    import tinyhd.training as tt
+
+    seen: dict = {}
+    monkeypatch.setattr(tt, "train", lambda cfg, out: seen.setdefault(Path(out).name, cfg))
+    path = _chain_file(tmp_path, [{"name": "x1"},
+                                  {"name": "x1_2_ta", "init_from": "@x1", "reduce_factor": 2,
+                                   "teacher": "student:@x1"},
+                                  {"name": "x1_2_hd2s", "init_from": "@x1", "reduce_factor": 2}],
+                       teacher="cache:/data/old", distill_on="target")
+    tt.run_config_file(path, tmp_path / "out", {"teacher": "cache:/mine", "epochs": 3})
+    assert seen["x1"].teacher == seen["x1_2_hd2s"].teacher == "cache:/mine"
+    assert seen["x1_2_ta"].teacher == f"student:{tmp_path / 'out' / 'x1' / 'last.pt'}"
+    assert {c.epochs for c in seen.values()} == {3}
+    assert "stage(s) x1_2_ta set their own teacher and keep it" in capsys.readouterr().err
+
+
+def test_init_from_refuses_a_reduction_or_decoders_the_checkpoint_does_not_give(tmp_path):
+    from tinyhd.checkpoints import save_checkpoint
+    from tinyhd.model import TinyHD
+    from tinyhd.training import build_model
+
+    torch.manual_seed(0)
+    save_checkpoint(TinyHD(output="single"), tmp_path / "x1.pt")
+    base = dict(output="single", init_from=str(tmp_path / "x1.pt"), distill_on="none")
+    for extra, message in (({"reduction": 2}, r"reduction 2: .*set reduce_factor: 2"),
+                           ({"reduction": 4, "reduce_factor": 2}, r"reduction 4: .*reduced by reduce_factor 2"),
+                           ({"decoders": ["d1"]}, r"decoders \['d1'\]: .*has decoders \['d1', 'd2', 'd3'\]")):
+        with pytest.raises(UserError, match=message):
+            build_model(TrainConfig(**base, **extra).validate())
+    assert build_model(TrainConfig(**base, reduction=2, reduce_factor=2).validate()).config["reduction"] == 2
+    assert build_model(TrainConfig(**base, reduce_factor=2).validate()).config["reduction"] == 2

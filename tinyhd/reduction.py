@@ -103,7 +103,7 @@ def reduce_channels(model: nn.Module, factor: float | int = 2) -> nn.Module:
 
     Paper §3.3.2 / sheet (d). ``factor`` is 2 or 4 (0.5 / 0.25 are read as ×½ / ×¼); the new model's
     reduction is ``model.config["reduction"] * factor`` (1 → 2 → 4, the paper's successive students), with
-    the same output mode and decoders. Encoder convs and BN γ/β are averaged (:func:`average_kernels`),
+    the same output mode and decoders and the default fusion order. Encoder convs and BN γ/β are averaged (:func:`average_kernels`),
     BN running statistics start at 0/1, decoders and fusion are freshly initialised (PyTorch's default RNG:
     seed it for reproducibility). ``model`` is not modified; the result is in ``model``'s train/eval mode.
     """
@@ -117,7 +117,9 @@ def reduce_channels(model: nn.Module, factor: float | int = 2) -> nn.Module:
     if new_reduction not in (2, 4):
         raise UserError(f"cannot reduce a ×1/{config.get('reduction', 1)} model by {r}: TinyHD exists at "
                         f"reductions 1, 2 and 4 only (paper Table 5), asked for 1/{new_reduction}")
-    config.update(reduction=new_reduction, pretrained_backbone=False)
+    # the fusion is fresh, so its input order is the default one, as in the authors' released rc2/rc4 M models
+    # (only their ×1 M model has D1's maps last, sheet §"Released checkpoints")
+    config.update(reduction=new_reduction, pretrained_backbone=False, fusion_order="default")
     student = TinyHD(**config)
     param = next(model.parameters())
     student = student.to(device=param.device, dtype=param.dtype)

@@ -664,6 +664,20 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
         torch.manual_seed(cfg.seed)  # the fresh decoders of the reduced student
         model = reduce_channels(model, cfg.reduce_factor)
+    # with init_from the model's width and decoders come from the checkpoint (× reduce_factor): a reduction or a
+    # decoders list set in the config that says otherwise would be ignored, and the run's config would misstate it
+    built = model.config
+    if cfg.reduction != 1 and cfg.reduction != built["reduction"]:
+        start = built["reduction"] // max(cfg.reduce_factor, 1)
+        raise UserError(f"reduction {cfg.reduction}: the model from init_from {cfg.init_from} is ×1/{start}"
+                        f"{f', reduced by reduce_factor {cfg.reduce_factor}' if cfg.reduce_factor > 1 else ''} to "
+                        f"×1/{built['reduction']}; with init_from the width comes from the checkpoint: set "
+                        f"reduce_factor: {cfg.reduction // start if cfg.reduction % start == 0 else '?'} instead, "
+                        f"or leave reduction out")
+    default_decoders = tuple(TrainConfig.__dataclass_fields__["decoders"].default)
+    if tuple(cfg.decoders) != default_decoders and tuple(cfg.decoders) != tuple(built["decoders"]):
+        raise UserError(f"decoders {list(cfg.decoders)}: the model from init_from {cfg.init_from} has decoders "
+                        f"{list(built['decoders'])}; with init_from they come from the checkpoint: leave decoders out")
     return model
 
 
@@ -1582,19 +1596,62 @@ def _resolve_refs(values: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return values
 
 
+def _stage_refs(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, stage name) of every ``@name`` reference in ``init_from`` / ``teacher``."""
+    refs = []
+    if isinstance(values.get("init_from"), str) and values["init_from"].startswith("@"):
+        refs.append(("init_from", values["init_from"][1:]))
+    if isinstance(values.get("teacher"), str) and ":" in values["teacher"]:
+        arg = values["teacher"].partition(":")[2]
+        if arg.startswith("@"):
+            refs.append(("teacher", arg[1:]))
+    return refs
+
+
 def train_chain(base: Mapping[str, Any], stages: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
                 source: str = "config", overrides: Mapping[str, Any] | None = None) -> dict[str, TrainResult]:
     """Train the stages in order, each in ``out_dir/<name>``: a stage's keys override the shared ``base``.
-    Finished stages are skipped (their runs resume as finished), so the chain resumes too."""
+    Finished stages are skipped (their runs resume as finished), so the chain resumes too.
+
+    ``overrides`` (``--set``) change the shared keys: a stage that sets a key itself keeps its own value (a note on
+    stderr names such stages), so e.g. ``--set teacher=cache:…`` changes the HD2S teacher of
+    ``reduce_ta.yaml`` and leaves the teacher-assistant stages' ``student:@x1``. Every stage's config, and every
+    ``@name`` (which must name an earlier stage), is checked before the first stage trains."""
     out_dir = Path(out_dir)
-    results: dict[str, TrainResult] = {}
-    names = [s.get("name") for s in stages]
-    if any(not n for n in names) or len(set(names)) != len(names):
+    if not isinstance(stages, Sequence) or isinstance(stages, (str, bytes)) or not stages:
+        raise UserError(f"{source}: 'stages' must be a non-empty list of mappings, each with a 'name'")
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, Mapping):
+            raise UserError(f"{source}: stage {i + 1} is {stage!r}, expected a mapping such as "
+                            f"{{name: x1, teacher: ...}}")
+        name = stage.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise UserError(f"{source}: stage {i + 1} needs a 'name' that is a folder name (text, no '/'), "
+                            f"got {name!r}")
+    names = [s["name"] for s in stages]
+    if len(set(names)) != len(names):
         raise UserError(f"{source}: every stage needs a unique 'name' (got {names})")
-    for stage in stages:
-        values = {**base, **{k: v for k, v in stage.items() if k != "name"}, **(overrides or {})}
-        cfg = config_from_dict(_resolve_refs(values, out_dir), source=f"{source} (stage {stage['name']})")
-        results[stage["name"]] = train(cfg, out_dir / stage["name"])
+    overrides = dict(overrides or {})
+    kept = {k: [s["name"] for s in stages if k in s] for k in overrides}
+    for key, where in kept.items():
+        if where:
+            print(f"{source}: --set {key} applies to the shared config; stage(s) {', '.join(where)} set their own "
+                  f"{key} and keep it", file=sys.stderr)
+    configs = []
+    for i, stage in enumerate(stages):
+        what = f"{source} (stage {stage['name']})"
+        values = {**base, **overrides, **{k: v for k, v in stage.items() if k != "name"}}
+        for key, ref in _stage_refs(values):
+            if ref not in names[:i]:
+                raise UserError(f"{what}: {key} refers to '@{ref}', which is "
+                                f"{'a later stage' if ref in names else 'not a stage'}; '@name' means the "
+                                f"best.pt of an earlier stage ({', '.join(names[:i]) or 'none before this one'})")
+        configs.append((stage["name"], what, values))
+        config_from_dict(_resolve_refs(values, out_dir), source=what)   # every stage checked before any trains
+    results: dict[str, TrainResult] = {}
+    for name, what, values in configs:
+        cfg = config_from_dict(_resolve_refs(values, out_dir), source=what)   # refs now name finished stages
+        results[name] = train(cfg, out_dir / name)
     return results
 
 
