@@ -46,7 +46,10 @@
 # HD2S checkpoint, ours or the HD2S authors', run on the fly) or `cache:/data/hd2s_cache` (its maps precomputed
 # by `tinyhd cache-teacher`). At full scale a teacher must be given: the default `"auto"` is the small reduced
 # HD2S on the synthetic set only, and refuses a real `data_root` (it would train a toy HD2S and cache its maps
-# over all of DHF1K and Kinetics-400). See `docs/training.md`.
+# over all of DHF1K and Kinetics-400). See `docs/training.md`. For a partial copy or a quick dry run of the
+# full-scale path add `-p max_videos 4 -p val_videos 1 -p max_aux_videos 4 -p max_steps 3` (a run shortened like
+# this prints its centre-bias comparison instead of asserting it); offline without torchvision's ImageNet
+# MobileNetV2 file, `-p pretrained_backbone False`; `-p size 96x128` for another resolution.
 
 # %% tags=["parameters"]
 epochs = None              # None → 10 on the synthetic set (max_steps stops the runs first), 200 (paper) with data_root
@@ -59,6 +62,10 @@ max_steps = "auto"         # "auto" → 40 optimizer steps per row on the synthe
 optimizer = "auto"         # "auto" → "adam" on the synthetic set, the paper's "sgd" with data_root (both lr 0.01)
 max_aux_videos = "auto"    # "auto" → 4 on the synthetic set, every auxiliary video with data_root; N: the first N
                            # (a Kinetics-400 subset cached by `tinyhd cache-teacher --max-videos N`)
+max_videos = None          # None → every train video; N: the first N (a partial copy, or a quick full-scale dry run)
+val_videos = "auto"        # "auto" → 2 on the synthetic set, every val video with data_root; N: the first N
+pretrained_backbone = "auto"   # "auto" → ImageNet MobileNetV2 with data_root (the paper; torchvision's weights file
+                           # downloaded or in the torch hub cache), none on the synthetic set; True / False to choose
 device = "cpu"             # "cuda" for the full recipe
 seed = 0
 num_threads = 1            # CPU threads per process (the CI box has 2 cores shared by many jobs)
@@ -90,6 +97,10 @@ scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=ma
 full, size, batch_size, max_steps = scale.full, scale.size, scale.batch_size, scale.max_steps
 optimizer, milestones, epochs, teacher = scale.optimizer, scale.milestones, scale.epochs, scale.teacher
 max_aux_videos = (None if full else 4) if max_aux_videos == "auto" else max_aux_videos
+val_videos = (None if full else 2) if val_videos == "auto" else val_videos
+pretrained_backbone = full if pretrained_backbone == "auto" else bool(pretrained_backbone)
+# a full-scale run shortened by parameters (a dry run) is not expected to beat the centre bias: printed, not asserted
+shortened = full and (scale.max_steps is not None or epochs < 200)
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "04_distill"
 out_dir.mkdir(parents=True, exist_ok=True)
 print(f"scale: {'full' if full else 'reduced'}; size {size}, batch {batch_size}, epochs {epochs}, "
@@ -131,8 +142,8 @@ def distill_config(distill_on: str) -> TrainConfig:
     return TrainConfig(data_root=data_root, aux_root=aux_root, size=size, output="single", epochs=epochs,
                        batch_size=batch_size, max_steps=max_steps, milestones=milestones, optimizer=optimizer,
                        teacher=None if distill_on == "none" else teacher, distill_on=distill_on,
-                       max_aux_videos=max_aux_videos, val_videos=None if full else 2,
-                       val_clips_per_video=5 if full else 2, pretrained_backbone=full, device=device,
+                       max_aux_videos=max_aux_videos, max_videos=max_videos, val_videos=val_videos,
+                       val_clips_per_video=5 if full else 2, pretrained_backbone=pretrained_backbone, device=device,
                        num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=progress)
 
 
@@ -284,12 +295,17 @@ print(check.round(4).to_string())
 # %%
 # every student has learned more than "look at the centre" ...
 for name in rows:
-    assert ours.loc[name, "CC (ours)"] > baseline["cc"], (name, ours.loc[name, "CC (ours)"], baseline["cc"])
+    if shortened:
+        print(f"{name}: CC {ours.loc[name, 'CC (ours)']:.4f} vs centre bias {baseline['cc']:.4f} (a shortened "
+              f"full-scale run: not asserted)")
+    else:
+        assert ours.loc[name, "CC (ours)"] > baseline["cc"], (name, ours.loc[name, "CC (ours)"], baseline["cc"])
 # ... and so has the teacher, whichever it is; the reduced one's maps must also have contrast (a 30-step teacher
 # gave flat maps); a converged HD2S's spread is printed, not bounded
 if teacher_scores:
     print(f"teacher relative spread (std/mean) on val: {teacher_scores['spread']:.3f} (flat map: 0)")
-    assert teacher_scores["cc"] > baseline["cc"] and teacher_scores["nss"] > baseline["nss"], teacher_scores
+    assert shortened or (teacher_scores["cc"] > baseline["cc"] and teacher_scores["nss"] > baseline["nss"]), \
+        teacher_scores
     if kind == "reduced":
         assert teacher_scores["spread"] > 0.5, teacher_scores
 

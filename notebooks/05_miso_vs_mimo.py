@@ -49,6 +49,10 @@ max_steps = "auto"         # "auto" → 40 steps on the synthetic set (as notebo
 optimizer = "auto"         # "auto" → "adam" on the synthetic set (as notebook 04), the paper's "sgd" with data_root
 max_aux_videos = "auto"    # "auto" → 4 on the synthetic set, every auxiliary video with data_root; N: the first N
                            # (a Kinetics-400 subset cached by `tinyhd cache-teacher --max-videos N`)
+max_videos = None          # None → every train video; N: the first N (a partial copy, or a quick full-scale dry run)
+val_videos = "auto"        # "auto" → 2 on the synthetic set, every val video with data_root; N: the first N
+pretrained_backbone = "auto"   # "auto" → ImageNet MobileNetV2 with data_root (the paper; torchvision's weights file
+                           # downloaded or in the torch hub cache), none on the synthetic set; True / False to choose
 device = "cpu"
 seed = 0
 num_threads = 1
@@ -78,6 +82,10 @@ scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=ma
 full, size, batch_size, max_steps = scale.full, scale.size, scale.batch_size, scale.max_steps
 optimizer, milestones, epochs, teacher = scale.optimizer, scale.milestones, scale.epochs, scale.teacher
 max_aux_videos = (None if full else 4) if max_aux_videos == "auto" else max_aux_videos
+val_videos = (None if full else 2) if val_videos == "auto" else val_videos
+pretrained_backbone = full if pretrained_backbone == "auto" else bool(pretrained_backbone)
+# a full-scale run shortened by parameters (a dry run) is not expected to beat the centre bias: printed, not asserted
+shortened = full and (scale.max_steps is not None or epochs < 200)
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "05_miso_vs_mimo"
 out_dir.mkdir(parents=True, exist_ok=True)
 distill_dir = Path(distill_dir) if distill_dir is not None else runs_dir() / "04_distill"
@@ -152,8 +160,8 @@ for name, output in (("TinyHD-S", "single"), ("TinyHD-M", "multi")):
     cfg = TrainConfig(data_root=data_root, aux_root=aux_root, size=size, output=output, epochs=epochs,
                       batch_size=batch_size, max_steps=max_steps, milestones=milestones, teacher=teacher,
                       optimizer=optimizer,
-                      distill_on="all", max_aux_videos=max_aux_videos, val_videos=None if full else 2,
-                      val_clips_per_video=5 if full else 2, pretrained_backbone=full, device=device,
+                      distill_on="all", max_aux_videos=max_aux_videos, max_videos=max_videos, val_videos=val_videos,
+                      val_clips_per_video=5 if full else 2, pretrained_backbone=pretrained_backbone, device=device,
                       num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20, progress=progress)
     configs[name] = cfg
     # the S run is notebook 04's "+ K.D. on AD" row: same config, same folder name
@@ -188,7 +196,7 @@ from tinyhd.training import centre_bias_validation
 baseline = {name: centre_bias_validation(cfg)["cc"] for name, cfg in configs.items()}
 for name in results:
     print(f"{name}: val CC {ours.loc[name, 'CC (ours)']:.4f} vs centre bias {baseline[name]:.4f}")
-    assert ours.loc[name, "CC (ours)"] > baseline[name], name   # both students learned beyond the centre prior
+    assert shortened or ours.loc[name, "CC (ours)"] > baseline[name], name   # both learned beyond the centre prior
 
 # %%
 s_cc, m_cc = ours.loc["TinyHD-S", "CC (ours)"], ours.loc["TinyHD-M", "CC (ours)"]

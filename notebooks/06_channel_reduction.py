@@ -51,6 +51,10 @@ max_steps = "auto"         # "auto" → 40 steps per stage on the synthetic set 
 optimizer = "auto"         # "auto" → "adam" on the synthetic set (as notebook 04), the paper's "sgd" with data_root
 max_aux_videos = "auto"    # "auto" → 4 on the synthetic set, every auxiliary video with data_root; N: the first N
                            # (a Kinetics-400 subset cached by `tinyhd cache-teacher --max-videos N`)
+max_videos = None          # None → every train video; N: the first N (a partial copy, or a quick full-scale dry run)
+val_videos = "auto"        # "auto" → 2 on the synthetic set, every val video with data_root; N: the first N
+pretrained_backbone = "auto"   # "auto" → ImageNet MobileNetV2 with data_root (the paper; torchvision's weights file
+                           # downloaded or in the torch hub cache), none on the synthetic set; True / False to choose
 device = "cpu"
 seed = 0
 num_threads = 1
@@ -80,6 +84,10 @@ full, size, batch_size, optimizer, milestones = (scale.full, scale.size, scale.b
                                                  scale.milestones)
 epochs, teacher = scale.epochs, scale.teacher
 max_aux_videos = (None if full else 4) if max_aux_videos == "auto" else max_aux_videos
+val_videos = (None if full else 2) if val_videos == "auto" else val_videos
+pretrained_backbone = full if pretrained_backbone == "auto" else bool(pretrained_backbone)
+# a full-scale run shortened by parameters (a dry run) is not expected to beat the centre bias: printed, not asserted
+shortened = full and (scale.max_steps is not None or epochs < 200)
 steps_x1 = steps_reduced = scale.max_steps  # the same budget for the ×1 TA and each reduced stage
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "06_channel_reduction"
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,13 +133,13 @@ print(f"{stem}: {tuple(w_big.shape)} → {tuple(w_half.shape)}; mean of strided 
 def config(**kw) -> TrainConfig:
     base = dict(data_root=data_root, aux_root=aux_root, size=size, output=output, epochs=epochs,
                 batch_size=batch_size, milestones=milestones, optimizer=optimizer, distill_on="all",
-                max_aux_videos=max_aux_videos, val_videos=None if full else 2, val_clips_per_video=5 if full else 2,
+                max_aux_videos=max_aux_videos, max_videos=max_videos, val_videos=val_videos, val_clips_per_video=5 if full else 2,
                 device=device, num_threads=num_threads, seed=seed, checkpoint_every=200 if full else 20,
                 progress=progress)
     return TrainConfig(**{**base, **kw})
 
 
-cfg_x1 = config(teacher=teacher, max_steps=steps_x1, pretrained_backbone=full)
+cfg_x1 = config(teacher=teacher, max_steps=steps_x1, pretrained_backbone=pretrained_backbone)
 x1_dir = (shared_runs if output == "single" else out_dir) / f"{letter.lower()}_all_{config_key(cfg_x1)}"
 results = {"×1": train(cfg_x1, x1_dir)}
 x1_ckpt = results["×1"].best or results["×1"].last
@@ -209,7 +217,7 @@ from tinyhd.training import centre_bias_validation
 
 baseline_cc = centre_bias_validation(cfg_x1)["cc"]
 print(f"centre bias val CC {baseline_cc:.4f}; students: {ours['CC (ours)'].round(4).to_dict()}")
-assert (ours["CC (ours)"] > baseline_cc).all(), "every student of the chain beats the centre bias"
+assert shortened or (ours["CC (ours)"] > baseline_cc).all(), "every student of the chain beats the centre bias"
 
 # %%
 ta_better = {frac: bool(table.loc[f"{frac} TA", "CC (ours)"] > table.loc[f"{frac} HD2S", "CC (ours)"])

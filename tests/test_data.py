@@ -247,7 +247,7 @@ def test_bad_input_names_the_problem(tree, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     for dataset in (None, "dhf1k"):  # no dataset named and no manifest.yaml: DHF1K's layout
-        with pytest.raises(DataError, match="video/001.AVI: missing video"):
+        with pytest.raises(DataError, match="video/001.AVI: missing video .*partial copy.*max_videos"):
             SaliencyClipDataset(empty, dataset=dataset, split="train")
 
 

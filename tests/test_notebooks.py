@@ -158,6 +158,22 @@ def test_distillation_notebooks_take_a_kinetics_subset(nb: Path, tmp_path: Path)
     assert _setup(nb, tmp_path)["max_aux_videos"] == 4
 
 
+@pytest.mark.parametrize("nb", DISTILL, ids=lambda p: p.stem)
+def test_distillation_notebooks_run_at_full_scale_on_a_partial_copy_offline(nb: Path, tmp_path: Path):
+    """max_videos / val_videos / pretrained_backbone reach the configs (a partial DHF1K copy, a dry run, no ImageNet
+    weights offline); a full-scale run shortened by parameters does not assert the centre-bias claim."""
+    full = dict(data_root=str(tmp_path / "DHF1K"), teacher="cache:/c")
+    ns = _setup(nb, tmp_path, **full)
+    assert (ns["max_videos"], ns["val_videos"], ns["pretrained_backbone"], ns["shortened"]) == (None, None, True, False)
+    ns = _setup(nb, tmp_path, **full, max_videos=4, val_videos=1, pretrained_backbone=False, max_steps=3)
+    assert (ns["max_videos"], ns["val_videos"], ns["pretrained_backbone"], ns["shortened"]) == (4, 1, False, True)
+    reduced = _setup(nb, tmp_path)
+    assert (reduced["val_videos"], reduced["pretrained_backbone"], reduced["shortened"]) == (2, False, False)
+    source = "\n".join(_code(nb))
+    for name in ("max_videos=max_videos", "val_videos=val_videos", "pretrained_backbone=pretrained_backbone"):
+        assert name in source, (nb.name, name)
+
+
 @pytest.mark.parametrize("nb", DISTILL[1:], ids=lambda p: p.stem)
 def test_shared_distillation_runs_follow_distill_dir(nb: Path, tmp_path: Path):
     """05/06 reuse notebook 04's "+ AD" run from distill_dir (04's out_dir), not from the repository's runs/."""

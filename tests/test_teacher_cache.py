@@ -318,7 +318,7 @@ def test_missing_root_and_missing_videos_are_reported_up_front(tmp_path, hd2s, d
     root = tmp_path / "root"
     shutil.copytree(data_root, root)
     (root / "video" / "002.AVI").unlink()
-    with pytest.raises(DataError, match=r"1 of the 2 videos .* are missing \(first: .*002\.AVI\)"):
+    with pytest.raises(DataError, match=r"1 of the 2 videos .* are missing \(first: .*002\.AVI\).*--max-videos N"):
         build_teacher_cache(hd2s, root, tmp_path / "c", size=SIZE, splits=("train", "val"), progress=False)
     assert not (tmp_path / "c").exists()  # refused before caching video 001
 

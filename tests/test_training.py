@@ -825,3 +825,13 @@ def test_init_from_refuses_a_reduction_or_decoders_the_checkpoint_does_not_give(
             build_model(TrainConfig(**base, **extra).validate())
     assert build_model(TrainConfig(**base, reduction=2, reduce_factor=2).validate()).config["reduction"] == 2
     assert build_model(TrainConfig(**base, reduce_factor=2).validate()).config["reduction"] == 2
+
+
+@pytest.mark.parametrize("given", ["64x96", "64×96", "[64, 96]", [64, 96], (64, 96)])
+def test_notebook_scale_takes_the_size_as_papermill_passes_it(given):
+    """papermill -p size 64x96 passes a string; it was split into characters (a bare error about '[', '3' …)."""
+    from tinyhd.training import notebook_scale
+
+    assert notebook_scale(None, size=given).size == (64, 96)
+    with pytest.raises(UserError, match="size"):
+        notebook_scale(None, size="[64]")

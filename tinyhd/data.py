@@ -298,7 +298,9 @@ class SaliencyClipDataset(_ClipDatasetBase):
         for v, e in enumerate(entries):
             if not e.source.exists():
                 raise DataError(f"{e.source}: missing {'frame folder' if not e.source.suffix else 'video'} "
-                                f"(split {split!r}; run `tinyhd verify-data` on {self.root})")
+                                f"(split {split!r}; run `tinyhd verify-data` on {self.root}; for a partial copy, "
+                                f"limit the run to the first videos: max_videos / val_videos in a training config, "
+                                f"--max-videos for evaluate)")
             if self.annotated:
                 maps, fix = list_images(e.maps), list_images(e.fixations)
                 if not maps:

@@ -146,7 +146,8 @@ def _entries(m: "Manifest", dataset_root: Path, splits: Sequence[str],
     missing = [e.source for e in out if not e.source.exists()]
     if missing:
         raise DataError(f"{dataset_root}: {len(missing)} of the {len(out)} videos of split(s) {', '.join(splits)} "
-                        f"are missing (first: {missing[0]}); check the copy with `tinyhd verify-data`")
+                        f"are missing (first: {missing[0]}); check the copy with `tinyhd verify-data`, or cache "
+                        f"only the first videos of each split with --max-videos N")
     return out
 
 

@@ -1516,6 +1516,7 @@ def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, 
     """Resolve the notebooks' ``None``/``"auto"`` parameters for reduced or full scale.
 
     Full scale (``data_root`` given): 192×256, batch 12, 200 epochs, no step limit, the paper's SGD (§4.2).
+    ``size`` may be a string, as ``papermill -p size 192x256`` gives it (``"192x256"`` or ``"[192, 256]"``).
     Reduced scale (synthetic set): 32×64, batch 2, ``reduced_epochs`` epochs cut at ``reduced_steps`` Adam steps
     (SGD from a random init does not move in 40 steps). Milestones are the paper's 100/150/180 of 200 epochs
     scaled to ``epochs`` (none below 20). ``teacher="auto"`` is ``"reduced"`` on the synthetic set; at full
@@ -1523,6 +1524,14 @@ def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, 
     the trainer refuses it (it would train a toy HD2S and cache its maps over all of DHF1K and Kinetics-400).
     """
     full = data_root is not None
+    if isinstance(size, str):   # papermill -p size 192x256 / -p size "[192, 256]" give a string
+        from tinyhd.cli import parse_size
+
+        text = size.strip()
+        parsed = yaml.safe_load(text) if text.startswith("[") else parse_size(text)
+        if not (isinstance(parsed, (list, tuple)) and len(parsed) == 2 and all(isinstance(v, int) for v in parsed)):
+            raise UserError(f"size {size!r}: give H×W, e.g. -p size 192x256 (or -y 'size: [192, 256]')")
+        size = tuple(parsed)
     epochs = int(epochs) if epochs is not None else (200 if full else reduced_epochs)
     if teacher == "auto":
         if full:
