@@ -93,14 +93,13 @@ from tinyhd.training import TrainConfig, build_teacher, config_key, last_validat
 
 torch.set_num_threads(num_threads)
 scale = notebook_scale(data_root, size=size, batch_size=batch_size, max_steps=max_steps, optimizer=optimizer,
-                       epochs=epochs, teacher=teacher)   # at full scale: refuses teacher "auto"/"reduced"
+                       epochs=epochs, teacher=teacher, max_aux_videos=max_aux_videos, val_videos=val_videos,
+                       pretrained_backbone=pretrained_backbone)   # at full scale: refuses teacher "auto"/"reduced"
 full, size, batch_size, max_steps = scale.full, scale.size, scale.batch_size, scale.max_steps
 optimizer, milestones, epochs, teacher = scale.optimizer, scale.milestones, scale.epochs, scale.teacher
-max_aux_videos = (None if full else 4) if max_aux_videos == "auto" else max_aux_videos
-val_videos = (None if full else 2) if val_videos == "auto" else val_videos
-pretrained_backbone = full if pretrained_backbone == "auto" else bool(pretrained_backbone)
+max_aux_videos, val_videos, pretrained_backbone = scale.max_aux_videos, scale.val_videos, scale.pretrained_backbone
 # a full-scale run shortened by parameters (a dry run) is not expected to beat the centre bias: printed, not asserted
-shortened = full and (scale.max_steps is not None or epochs < 200)
+shortened = scale.shortened
 out_dir = Path(out_dir) if out_dir is not None else runs_dir() / "04_distill"
 out_dir.mkdir(parents=True, exist_ok=True)
 print(f"scale: {'full' if full else 'reduced'}; size {size}, batch {batch_size}, epochs {epochs}, "

@@ -1507,12 +1507,17 @@ class NotebookScale:
     milestones: tuple[int, ...]
     epochs: int = 200
     teacher: str | None = None
+    max_aux_videos: int | None = None
+    val_videos: int | None = None
+    pretrained_backbone: bool = False
+    shortened: bool = False   # a full-scale run cut short by parameters (a dry run): its claims are not asserted
 
 
 def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, batch_size: int | None = None,
                    max_steps: int | str | None = "auto", optimizer: str = "auto", epochs: int | None = None,
                    reduced_steps: int = 40, reduced_epochs: int = 10,
-                   teacher: str | None = "auto") -> NotebookScale:
+                   teacher: str | None = "auto", max_aux_videos: int | str | None = "auto",
+                   val_videos: int | str | None = "auto", pretrained_backbone: bool | str = "auto") -> NotebookScale:
     """Resolve the notebooks' ``None``/``"auto"`` parameters for reduced or full scale.
 
     Full scale (``data_root`` given): 192×256, batch 12, 200 epochs, no step limit, the paper's SGD (§4.2).
@@ -1522,6 +1527,9 @@ def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, 
     scaled to ``epochs`` (none below 20). ``teacher="auto"`` is ``"reduced"`` on the synthetic set; at full
     scale a teacher must be given (``hd2s:CKPT`` or ``cache:PATH``), and ``"reduced"`` is refused there, as
     the trainer refuses it (it would train a toy HD2S and cache its maps over all of DHF1K and Kinetics-400).
+    ``"auto"`` video counts: every video at full scale; 4 auxiliary and 2 val videos on the synthetic set.
+    ``pretrained_backbone="auto"``: the ImageNet encoder at full scale only. ``shortened``: a full-scale run
+    whose ``max_steps`` or ``epochs`` cut the paper's schedule short.
     """
     full = data_root is not None
     if isinstance(size, str):   # papermill -p size 192x256 / -p size "[192, 256]" give a string
@@ -1542,15 +1550,20 @@ def notebook_scale(data_root: str | None, *, size: Sequence[int] | None = None, 
     elif teacher == "reduced" and full:
         raise UserError("teacher 'reduced' is the synthetic set's small-budget HD2S: at full scale (data_root set) "
                         "give -p teacher hd2s:CKPT or -p teacher cache:PATH (see docs/training.md)")
+    steps = (None if full else reduced_steps) if max_steps == "auto" else max_steps
     return NotebookScale(
         full=full,
         size=tuple(size) if size is not None else ((192, 256) if full else (32, 64)),
         batch_size=batch_size if batch_size is not None else (12 if full else 2),
-        max_steps=(None if full else reduced_steps) if max_steps == "auto" else max_steps,
+        max_steps=steps,
         optimizer=("sgd" if full else "adam") if optimizer == "auto" else optimizer,
         milestones=tuple(round(m * epochs / 200) for m in (100, 150, 180)) if epochs >= 20 else (),
         epochs=epochs,
         teacher=teacher,
+        max_aux_videos=(None if full else 4) if max_aux_videos == "auto" else max_aux_videos,
+        val_videos=(None if full else 2) if val_videos == "auto" else val_videos,
+        pretrained_backbone=full if pretrained_backbone == "auto" else bool(pretrained_backbone),
+        shortened=full and (steps is not None or epochs < 200),
     )
 
 
@@ -1588,23 +1601,6 @@ def _norm(v: Any, key: str = "") -> Any:
 # 6. chains of stages (teacher assistant, Table 5)
 
 
-def _resolve_refs(values: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """``@name`` in init_from / teacher means the ``best.pt`` (else ``last.pt``) of stage ``name``."""
-    def ref(text: str) -> str:
-        if text.startswith("@"):
-            stage = out_dir / text[1:]
-            return str(stage / "best.pt" if (stage / "best.pt").is_file() else stage / "last.pt")
-        return text
-
-    values = dict(values)
-    if isinstance(values.get("init_from"), str):
-        values["init_from"] = ref(values["init_from"])
-    if isinstance(values.get("teacher"), str) and ":" in values["teacher"]:
-        kind, _, arg = values["teacher"].partition(":")
-        values["teacher"] = f"{kind}:{ref(arg)}"
-    return values
-
-
 def _stage_refs(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(key, stage name) of every ``@name`` reference in ``init_from`` / ``teacher``."""
     refs = []
@@ -1615,6 +1611,16 @@ def _stage_refs(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         if arg.startswith("@"):
             refs.append(("teacher", arg[1:]))
     return refs
+
+
+def _resolve_refs(values: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``@name`` in init_from / teacher means the ``best.pt`` (else ``last.pt``) of stage ``name``."""
+    values = dict(values)
+    for key, name in _stage_refs(values):
+        stage = out_dir / name
+        path = str(stage / "best.pt" if (stage / "best.pt").is_file() else stage / "last.pt")
+        values[key] = path if key == "init_from" else f"{values[key].partition(':')[0]}:{path}"
+    return values
 
 
 def train_chain(base: Mapping[str, Any], stages: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
